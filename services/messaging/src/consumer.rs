@@ -1,0 +1,627 @@
+//! The idempotent consumer: manual acks, explicit prefetch, one database transaction per batch.
+//!
+//! Deliveries are spread over lanes by aggregate id, so events of one aggregate are handled in
+//! order while different aggregates proceed in parallel. A lane takes whatever is waiting (up to
+//! `max_batch`) and handles it in one transaction that also records each event id in
+//! `processed_events`; only after that commit are the messages acked. If any handler in the batch
+//! fails, the transaction is rolled back and the batch is handled again one event per
+//! transaction, so one failure costs nothing to its neighbours. Failed messages are moved to a
+//! retry tier or the dead-letter queue (publisher-confirmed) before their ack: nothing is acked
+//! before it is handled or parked.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::Confirmation;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::broker::{self, Backoff, RequiredTopology};
+use crate::events::{DecodeError, Envelope};
+use crate::metrics::{EventTypeLabels, Metrics};
+use crate::retry::{self, Disposition, HandlerError, RetryPolicy};
+use crate::{Error, Result};
+
+/// Business logic run for each new event, inside the consumer's transaction.
+///
+/// Everything the handler writes through `conn` commits together with the record that the
+/// event was processed; it may also [`crate::outbox::enqueue`] events of its own there.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Applies `event`. Return [`HandlerError::Transient`] to retry later, or
+    /// [`HandlerError::Permanent`] to dead-letter the message.
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send + 'a;
+}
+
+/// How the consumer behaves.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Service name: connection name prefix, `processed_events.consumer` is the queue.
+    pub service: String,
+    /// Where RabbitMQ is.
+    pub amqp_url: String,
+    /// The queue to consume.
+    pub queue: String,
+    /// Exchange that routes dead letters to `dead_letter_queue` with the routing key `queue`.
+    pub dead_letter_exchange: String,
+    /// The queue dead letters land in (checked at start).
+    pub dead_letter_queue: String,
+    /// Unacknowledged deliveries the broker may push at once.
+    pub prefetch: u16,
+    /// Parallel lanes; events of one aggregate always use the same lane.
+    pub lanes: usize,
+    /// Most events handled in one transaction.
+    pub max_batch: usize,
+    /// Retry tiers and attempt budget.
+    pub retry: RetryPolicy,
+}
+
+impl ConsumerConfig {
+    /// Defaults matching manifests/topology for `queue`.
+    pub fn new(service: &str, amqp_url: &str, queue: &str) -> ConsumerConfig {
+        ConsumerConfig {
+            service: service.to_owned(),
+            amqp_url: amqp_url.to_owned(),
+            queue: queue.to_owned(),
+            dead_letter_exchange: crate::topology::DEAD_LETTER_EXCHANGE.to_owned(),
+            dead_letter_queue: format!("{queue}.dlq"),
+            prefetch: 500,
+            lanes: 8,
+            max_batch: 100,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// What must exist on the broker before consuming.
+    pub fn required_topology(&self) -> RequiredTopology {
+        let mut queues = vec![self.queue.clone(), self.dead_letter_queue.clone()];
+        queues.extend(self.retry.tier_queues(&self.queue));
+        RequiredTopology {
+            exchanges: vec![self.dead_letter_exchange.clone()],
+            queues,
+        }
+    }
+}
+
+/// One delivery and what decoding made of it.
+struct Item {
+    delivery: Delivery,
+    decoded: std::result::Result<Envelope, DecodeError>,
+}
+
+impl Item {
+    fn event_type(&self) -> &str {
+        match &self.decoded {
+            Ok(env) => env.event_type(),
+            Err(_) => "unknown",
+        }
+    }
+}
+
+/// What became of one item in the database.
+#[derive(Debug)]
+enum Handled {
+    Done,
+    Duplicate,
+    Failed(HandlerError),
+    Undecodable,
+}
+
+/// Consumes one queue with an [`EventHandler`]; see the module doc.
+pub struct IdempotentConsumer<H> {
+    pool: PgPool,
+    config: Arc<ConsumerConfig>,
+    handler: Arc<H>,
+    metrics: Metrics,
+}
+
+impl<H> Clone for IdempotentConsumer<H> {
+    fn clone(&self) -> Self {
+        IdempotentConsumer {
+            pool: self.pool.clone(),
+            config: self.config.clone(),
+            handler: self.handler.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<H: EventHandler> IdempotentConsumer<H> {
+    /// A consumer of `config.queue` recording processed events in `pool`.
+    pub fn new(pool: PgPool, config: ConsumerConfig, handler: H, metrics: Metrics) -> Self {
+        IdempotentConsumer {
+            pool,
+            config: Arc::new(config),
+            handler: Arc::new(handler),
+            metrics,
+        }
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
+    ///
+    /// Returns an error only when the topology it needs is missing. On shutdown it stops taking
+    /// deliveries, finishes the ones it holds, then closes the connection.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let mut backoff = Backoff::default();
+        let name = format!("{}-consumer-{}", self.config.service, self.config.queue);
+        while !shutdown.is_cancelled() {
+            let Some(conn) =
+                broker::connect_with_backoff(&self.config.amqp_url, &name, &mut backoff, &shutdown)
+                    .await
+            else {
+                break;
+            };
+            broker::verify_topology(&conn, &self.config.required_topology()).await?;
+            match self.session(&conn, &shutdown).await {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, queue = %self.config.queue, "consumer session ended, reconnecting");
+                }
+            }
+            let _ = conn.close(200, "consumer stopping".into()).await;
+            if !shutdown.is_cancelled() {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One connection's life: consume, dispatch to lanes, wait for the lanes on the way out.
+    async fn session(&self, conn: &lapin::Connection, shutdown: &CancellationToken) -> Result<()> {
+        let consume_channel = conn.create_channel().await?;
+        consume_channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
+        let publish_channel = conn.create_channel().await?;
+        publish_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let tag = format!(
+            "{}-{}-{}",
+            self.config.service,
+            self.config.queue,
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut deliveries = consume_channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.config.queue, consumer_tag = %tag, "consuming");
+
+        let lanes = self.config.lanes.max(1);
+        let per_lane = (usize::from(self.config.prefetch) / lanes).max(1) + 1;
+        let mut senders = Vec::with_capacity(lanes);
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::channel::<Item>(per_lane);
+            senders.push(tx);
+            let lane = self.clone();
+            let publisher = publish_channel.clone();
+            workers.spawn(async move { lane.run_lane(rx, publisher).await });
+        }
+
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = consume_channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await;
+                    break Ok(());
+                }
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let decoded = Envelope::from_json(&delivery.data);
+                        let lane = lane_of(&decoded, delivery.delivery_tag, lanes);
+                        if senders[lane].send(Item { delivery, decoded }).await.is_err() {
+                            break Err(Error::Config("a consumer lane stopped unexpectedly".into()));
+                        }
+                    }
+                    Some(Err(err)) => break Err(Error::Broker(err)),
+                    None => break Err(Error::Config("the broker cancelled the consumer".into())),
+                }
+            }
+        };
+        // Lanes finish what they hold, then stop.
+        drop(senders);
+        while workers.join_next().await.is_some() {}
+        let _ = publish_channel.close(200, "done".into()).await;
+        let _ = consume_channel.close(200, "done".into()).await;
+        ended
+    }
+
+    async fn run_lane(self, mut rx: mpsc::Receiver<Item>, publisher: Channel) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            match self.handle_batch(&batch).await {
+                Ok(handled) => {
+                    backoff.reset();
+                    for (item, handled) in batch.into_iter().zip(handled) {
+                        self.settle(item, handled, &publisher).await;
+                    }
+                }
+                Err(err) => {
+                    // The database is unusable: hand the messages back and slow down.
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, ?delay, queue = %self.config.queue, "database unavailable; requeueing batch");
+                    for item in batch {
+                        requeue(&item.delivery).await;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Handles a batch: one transaction if every handler succeeds, otherwise one per event.
+    async fn handle_batch(&self, batch: &[Item]) -> std::result::Result<Vec<Handled>, sqlx::Error> {
+        if batch.iter().filter(|i| i.decoded.is_ok()).count() > 1 {
+            if let Some(handled) = self.try_batch_in_one_transaction(batch).await? {
+                return Ok(handled);
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for item in batch {
+            out.push(match &item.decoded {
+                Ok(env) => self.handle_one(env).await?,
+                Err(_) => Handled::Undecodable,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The fast path; `None` when a handler failed and the batch must be handled one by one.
+    async fn try_batch_in_one_transaction(
+        &self,
+        batch: &[Item],
+    ) -> std::result::Result<Option<Vec<Handled>>, sqlx::Error> {
+        let envelopes: Vec<&Envelope> = batch
+            .iter()
+            .filter_map(|i| i.decoded.as_ref().ok())
+            .collect();
+        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = envelopes.iter().map(|e| e.event_type()).collect();
+        let mut tx = self.pool.begin().await?;
+        let fresh: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO processed_events (consumer, event_id, event_type) \
+             SELECT $1, id, t FROM UNNEST($2::uuid[], $3::text[]) AS u(id, t) \
+             ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(&self.config.queue)
+        .bind(&ids)
+        .bind(&types)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut handled_ids = HashSet::with_capacity(fresh.len());
+        let mut out = Vec::with_capacity(batch.len());
+        for item in batch {
+            let Ok(env) = &item.decoded else {
+                out.push(Handled::Undecodable);
+                continue;
+            };
+            // A batch may hold the same event twice (a redelivery next to the original).
+            if !fresh.contains(&env.event_id) || !handled_ids.insert(env.event_id) {
+                out.push(Handled::Duplicate);
+                continue;
+            }
+            let started = Instant::now();
+            let result = self
+                .handler
+                .handle(&mut tx, env)
+                .instrument(event_span(env))
+                .await;
+            self.observe_processing(env, started);
+            if result.is_err() {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            out.push(Handled::Done);
+        }
+        tx.commit().await?;
+        Ok(Some(out))
+    }
+
+    async fn handle_one(&self, env: &Envelope) -> std::result::Result<Handled, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.config.queue)
+        .bind(env.event_id)
+        .bind(env.event_type())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(Handled::Duplicate);
+        }
+        let started = Instant::now();
+        let result = self
+            .handler
+            .handle(&mut tx, env)
+            .instrument(event_span(env))
+            .await;
+        self.observe_processing(env, started);
+        match result {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Handled::Done)
+            }
+            Err(err) => {
+                tx.rollback().await?;
+                Ok(Handled::Failed(err))
+            }
+        }
+    }
+
+    fn observe_processing(&self, env: &Envelope, started: Instant) {
+        self.metrics
+            .events_processing_duration
+            .get_or_create(&EventTypeLabels {
+                event_type: env.event_type().to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Acks a handled message, or parks it (retry tier or dead-letter queue) and then acks it.
+    async fn settle(&self, item: Item, handled: Handled, publisher: &Channel) {
+        let previous_attempts = header_u32(&item.delivery, retry::ATTEMPTS_HEADER);
+        let disposition = match &handled {
+            Handled::Done => {
+                self.metrics.consumed(item.event_type(), "success");
+                ack(&item.delivery).await;
+                return;
+            }
+            Handled::Duplicate => {
+                if let Ok(env) = &item.decoded {
+                    tracing::info!(event_id = %env.event_id, correlation_id = %env.metadata.correlation_id, "duplicate event acknowledged and skipped");
+                }
+                self.metrics.consumed(item.event_type(), "duplicate");
+                ack(&item.delivery).await;
+                return;
+            }
+            Handled::Failed(err) => retry::after_handler_failure(
+                &self.config.retry,
+                &self.config.queue,
+                previous_attempts,
+                err,
+            ),
+            Handled::Undecodable => match &item.decoded {
+                Err(decode_err) => retry::after_decode_failure(previous_attempts, decode_err),
+                Ok(_) => return,
+            },
+        };
+        let error_text = match (&handled, &item.decoded) {
+            (Handled::Failed(e), _) => e.to_string(),
+            (_, Err(e)) => e.to_string(),
+            _ => String::new(),
+        };
+        let (exchange, routing_key, headers, status) = match &disposition {
+            Disposition::Retry {
+                queue,
+                delay,
+                attempts,
+            } => {
+                tracing::warn!(
+                    event_id = ?item.decoded.as_ref().ok().map(|e| e.event_id),
+                    attempts, ?delay, error = %error_text, "handling failed; retrying later");
+                let headers = self.park_headers(&item, *attempts, &error_text, None);
+                (String::new(), queue.clone(), headers, "retried")
+            }
+            Disposition::DeadLetter {
+                reason,
+                detail,
+                attempts,
+            } => {
+                tracing::error!(
+                    event_id = ?item.decoded.as_ref().ok().map(|e| e.event_id),
+                    correlation_id = ?item.decoded.as_ref().ok().map(|e| e.metadata.correlation_id.clone()),
+                    reason, attempts, detail = %detail, "message dead-lettered");
+                let headers = self.park_headers(&item, *attempts, detail, Some(reason));
+                (
+                    self.config.dead_letter_exchange.clone(),
+                    self.config.queue.clone(),
+                    headers,
+                    "dead_lettered",
+                )
+            }
+        };
+        let properties = item.delivery.properties.clone().with_headers(headers);
+        match publish_confirmed(
+            publisher,
+            &exchange,
+            &routing_key,
+            &item.delivery.data,
+            properties,
+        )
+        .await
+        {
+            Ok(()) => {
+                self.metrics.consumed(item.event_type(), status);
+                if status == "dead_lettered" {
+                    Metrics::by_type(&self.metrics.events_dlq, item.event_type()).inc();
+                }
+                ack(&item.delivery).await;
+            }
+            Err(err) => {
+                // Not parked, so not acked: the broker will deliver it again.
+                tracing::error!(error = %err, routing_key = %routing_key, "could not park a failed message; requeueing it");
+                requeue(&item.delivery).await;
+            }
+        }
+    }
+
+    fn park_headers(
+        &self,
+        item: &Item,
+        attempts: u32,
+        error: &str,
+        reason: Option<&str>,
+    ) -> FieldTable {
+        let mut headers = item
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let original_exchange = header_string(&item.delivery, retry::ORIGINAL_EXCHANGE_HEADER)
+            .unwrap_or_else(|| item.delivery.exchange.as_str().to_owned());
+        let original_key = header_string(&item.delivery, retry::ORIGINAL_ROUTING_KEY_HEADER)
+            .unwrap_or_else(|| item.delivery.routing_key.as_str().to_owned());
+        let text = |s: &str| AMQPValue::LongString(s.into());
+        headers.insert(
+            retry::ATTEMPTS_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(attempts)),
+        );
+        headers.insert(
+            retry::ORIGINAL_EXCHANGE_HEADER.into(),
+            text(&original_exchange),
+        );
+        headers.insert(
+            retry::ORIGINAL_ROUTING_KEY_HEADER.into(),
+            text(&original_key),
+        );
+        headers.insert(retry::QUEUE_HEADER.into(), text(&self.config.queue));
+        // Keep header sizes bounded whatever the error text is.
+        let error: String = error.chars().take(2000).collect();
+        headers.insert(retry::ERROR_HEADER.into(), text(&error));
+        if let Some(reason) = reason {
+            headers.insert(retry::REASON_HEADER.into(), text(reason));
+            headers.insert(
+                retry::DEAD_LETTERED_AT_HEADER.into(),
+                text(&chrono::Utc::now().to_rfc3339()),
+            );
+        }
+        headers
+    }
+}
+
+fn event_span(env: &Envelope) -> tracing::Span {
+    tracing::info_span!(
+        "event",
+        event_id = %env.event_id,
+        correlation_id = %env.metadata.correlation_id,
+        event_type = env.event_type()
+    )
+}
+
+/// Events of one aggregate share a lane; undecodable messages spread by delivery tag.
+fn lane_of(decoded: &std::result::Result<Envelope, DecodeError>, tag: u64, lanes: usize) -> usize {
+    let key = match decoded {
+        Ok(env) => env.event.aggregate_id().as_u128() as u64,
+        Err(_) => tag,
+    };
+    (key % lanes as u64) as usize
+}
+
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<()> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(Error::NotConfirmed(format!(
+            "returned: {} {} (is the queue bound?)",
+            returned.reply_code, returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(Error::NotConfirmed("nacked by the broker".into())),
+        Confirmation::NotRequested => Err(Error::NotConfirmed("confirms not enabled".into())),
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The broker will redeliver; processed_events turns that into a duplicate.
+        tracing::warn!(error = %err, "ack failed");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(err) = delivery.acker.nack(options).await {
+        tracing::warn!(error = %err, "nack failed; the broker redelivers when the channel closes");
+    }
+}
+
+fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+}
+
+fn header_u32(delivery: &Delivery, name: &str) -> u32 {
+    let n = match header(delivery, name) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(n).unwrap_or(0)
+}
+
+fn header_string(delivery: &Delivery, name: &str) -> Option<String> {
+    match header(delivery, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}

@@ -1,0 +1,181 @@
+//! Prometheus metrics of the messaging core, named as in ADR-029 and prefixed per service.
+//!
+//! `Metrics::new("inventory")` yields `inventory_events_published_total{event_type}` and the
+//! rest; a service registers further metrics of its own in [`Metrics::registry_mut`] and serves
+//! [`Metrics::encode`] on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-event-type metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabels {
+    /// The event's `eventType`.
+    pub event_type: String,
+}
+
+/// Labels of consumed-event counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumedLabels {
+    /// The event's `eventType` (`unknown` when the message could not be decoded).
+    pub event_type: String,
+    /// `success`, `duplicate`, `retried`, `dead_lettered`.
+    pub status: String,
+}
+
+type HistogramFamily = Family<EventTypeLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms .. ~6.5 s: publisher confirms and handler transactions live at the low end.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// The metric families shared by the outbox relay and the idempotent consumer.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    /// Events the broker confirmed.
+    pub events_published: Family<EventTypeLabels, Counter>,
+    /// Time from publishing an event to the broker's confirm.
+    pub events_publish_duration: HistogramFamily,
+    /// Events the broker refused, returned as unroutable, or that failed to go out.
+    pub events_publish_errors: Family<EventTypeLabels, Counter>,
+    /// Events taken off a queue, by outcome.
+    pub events_consumed: Family<ConsumedLabels, Counter>,
+    /// Time spent handling one event (its share of a batch transaction).
+    pub events_processing_duration: HistogramFamily,
+    /// Events parked in a dead-letter queue.
+    pub events_dlq: Family<EventTypeLabels, Counter>,
+    /// Outbox rows not yet published.
+    pub outbox_backlog: Gauge,
+    /// Age in seconds of the oldest unpublished outbox row (0 when there is none).
+    pub outbox_oldest_unpublished_age: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Registers every family under the prefix `service` (e.g. `orders`).
+    pub fn new(service: &str) -> Metrics {
+        let prefix: String = service
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let mut registry = Registry::with_prefix(prefix);
+        let m = Metrics {
+            registry: Arc::new(Mutex::new(Registry::default())),
+            events_published: Family::default(),
+            events_publish_duration: Family::new_with_constructor(latency_histogram),
+            events_publish_errors: Family::default(),
+            events_consumed: Family::default(),
+            events_processing_duration: Family::new_with_constructor(latency_histogram),
+            events_dlq: Family::default(),
+            outbox_backlog: Gauge::default(),
+            outbox_oldest_unpublished_age: Gauge::default(),
+        };
+        registry.register(
+            "events_published",
+            "Events published and confirmed by the broker",
+            m.events_published.clone(),
+        );
+        registry.register(
+            "events_publish_duration_seconds",
+            "Time from publish to broker confirm",
+            m.events_publish_duration.clone(),
+        );
+        registry.register(
+            "events_publish_errors",
+            "Events refused, returned or not confirmed by the broker",
+            m.events_publish_errors.clone(),
+        );
+        registry.register(
+            "events_consumed",
+            "Events consumed, by outcome",
+            m.events_consumed.clone(),
+        );
+        registry.register(
+            "events_processing_duration_seconds",
+            "Time spent handling one event",
+            m.events_processing_duration.clone(),
+        );
+        registry.register(
+            "events_dlq",
+            "Events parked in a dead-letter queue",
+            m.events_dlq.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox events not yet published",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished outbox event",
+            m.outbox_oldest_unpublished_age.clone(),
+        );
+        Metrics {
+            registry: Arc::new(Mutex::new(registry)),
+            ..m
+        }
+    }
+
+    /// Lets a service register metrics of its own next to these.
+    pub fn registry_mut(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A poisoned lock only means another thread panicked mid-registration; the registry
+        // itself is still usable.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The OpenMetrics text exposition of every registered metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry_mut();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub(crate) fn consumed(&self, event_type: &str, status: &str) {
+        self.events_consumed
+            .get_or_create(&ConsumedLabels {
+                event_type: event_type.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn by_type<'a>(
+        family: &'a Family<EventTypeLabels, Counter>,
+        event_type: &str,
+    ) -> impl std::ops::Deref<Target = Counter> + 'a {
+        family.get_or_create(&EventTypeLabels {
+            event_type: event_type.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_adr_with_the_service_prefix() {
+        let m = Metrics::new("orders");
+        Metrics::by_type(&m.events_published, "order.cancelled").inc();
+        m.consumed("inventory.reserved", "success");
+        Metrics::by_type(&m.events_dlq, "inventory.reserved").inc();
+        let text = m.encode();
+        assert!(text.contains("orders_events_published_total{event_type=\"order.cancelled\"} 1"));
+        assert!(text.contains(
+            "orders_events_consumed_total{event_type=\"inventory.reserved\",status=\"success\"} 1"
+        ));
+        assert!(text.contains("orders_events_dlq_total{event_type=\"inventory.reserved\"} 1"));
+        assert!(text.contains("orders_outbox_backlog"));
+        assert!(text.contains("orders_events_publish_duration_seconds"));
+    }
+}

@@ -1,0 +1,558 @@
+//! The transactional outbox: `enqueue` inside the caller's transaction, `OutboxRelay` to publish.
+//!
+//! A business change and its event commit together; the relay later publishes committed rows in
+//! id order, persistent, with publisher confirms and `mandatory`, and marks a row published only
+//! once the broker confirmed it. Relay replicas take turns through a transaction-scoped advisory
+//! lock, so several of them on one database lose nothing and keep per-aggregate order. Rows are
+//! selected by "not yet published", never by a high-water mark, so a row whose transaction
+//! commits after higher ids were published is still picked up.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broker::{self, Backoff, RequiredTopology};
+use crate::events::Envelope;
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// The NOTIFY channel the outbox trigger signals on every insert.
+pub const NOTIFY_CHANNEL: &str = "warren_outbox";
+
+/// Key of the advisory lock that lets one relay at a time publish a batch.
+const RELAY_LOCK_KEY: i64 = 0x5741_5252_454e_4f42; // "WARRENOB"
+
+/// Writes `envelope` to the outbox inside the caller's transaction.
+///
+/// The routing key is the event type. Events of one aggregate must be enqueued while holding a
+/// lock on that aggregate (the business row update does this), so their ids follow commit order.
+pub async fn enqueue(conn: &mut PgConnection, exchange: &str, envelope: &Envelope) -> Result<()> {
+    let payload = String::from_utf8(envelope.to_json())
+        .map_err(|e| Error::Config(format!("event JSON is not UTF-8: {e}")))?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, aggregate_id, exchange, routing_key, \
+         correlation_id, occurred_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(envelope.event_id)
+    .bind(envelope.event_type())
+    .bind(envelope.event.aggregate_id().to_string())
+    .bind(exchange)
+    .bind(envelope.event_type())
+    .bind(&envelope.metadata.correlation_id)
+    .bind(envelope.timestamp)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How the relay behaves.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Service name: connection name prefix and log field.
+    pub service: String,
+    /// Where RabbitMQ is, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: String,
+    /// Exchanges that must exist before the relay starts.
+    pub exchanges: Vec<String>,
+    /// Rows read per batch.
+    pub batch_size: i64,
+    /// Publishes awaiting a broker confirm at any time.
+    pub confirm_window: usize,
+    /// Fallback poll when no NOTIFY arrives (lost notification, replica hand-over).
+    pub poll_interval: Duration,
+    /// How long published rows are kept before removal.
+    pub retention: Duration,
+    /// How often published rows past retention are removed and backlog metrics refreshed.
+    pub housekeeping_interval: Duration,
+    /// First delay before republishing a row the broker returned or refused.
+    pub failed_row_backoff: Duration,
+    /// Largest such delay.
+    pub failed_row_backoff_max: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults for `service` talking to `amqp_url`, publishing to `exchanges`.
+    pub fn new(service: &str, amqp_url: &str, exchanges: &[&str]) -> RelayConfig {
+        RelayConfig {
+            service: service.to_owned(),
+            amqp_url: amqp_url.to_owned(),
+            exchanges: exchanges.iter().map(|s| s.to_string()).collect(),
+            batch_size: 1000,
+            confirm_window: 1000,
+            poll_interval: Duration::from_secs(5),
+            retention: Duration::from_secs(24 * 3600),
+            housekeeping_interval: Duration::from_secs(30),
+            failed_row_backoff: Duration::from_secs(1),
+            failed_row_backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What one call of [`OutboxRelay::relay_batch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Another replica holds the relay lock; nothing was read.
+    pub busy: bool,
+    /// Rows confirmed by the broker and marked published.
+    pub published: usize,
+    /// Rows the broker returned as unroutable, refused, or whose exchange is missing; they wait
+    /// with backoff and are reported.
+    pub failed: usize,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    event_id: Uuid,
+    event_type: String,
+    exchange: String,
+    routing_key: String,
+    correlation_id: String,
+    occurred_at: DateTime<Utc>,
+    payload: String,
+    attempts: i32,
+}
+
+/// Publishes committed outbox rows. Cheap to clone; run one per process (or several: they take
+/// turns).
+#[derive(Clone)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    config: Arc<RelayConfig>,
+    metrics: Metrics,
+}
+
+/// An AMQP channel in confirm mode, plus which exchanges were seen to exist on it.
+pub struct RelayChannel {
+    connection: Connection,
+    channel: Channel,
+    known_exchanges: HashMap<String, bool>,
+}
+
+impl RelayChannel {
+    /// Opens a confirm-mode channel on `connection`.
+    pub async fn open(connection: Connection) -> Result<RelayChannel> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(RelayChannel {
+            connection,
+            channel,
+            known_exchanges: HashMap::new(),
+        })
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Closes the connection (best effort).
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "relay stopping".into()).await;
+    }
+
+    /// A passive check, cached per connection, so a row naming a missing exchange is held back
+    /// instead of killing the publishing channel with NOT_FOUND.
+    async fn exchange_exists(&mut self, exchange: &str) -> Result<bool> {
+        if let Some(known) = self.known_exchanges.get(exchange) {
+            return Ok(*known);
+        }
+        let required = RequiredTopology {
+            exchanges: vec![exchange.to_owned()],
+            queues: vec![],
+        };
+        let exists = match broker::verify_topology(&self.connection, &required).await {
+            Ok(()) => true,
+            Err(Error::MissingTopology(_)) => false,
+            Err(e) => return Err(e),
+        };
+        self.known_exchanges.insert(exchange.to_owned(), exists);
+        Ok(exists)
+    }
+}
+
+enum RowOutcome {
+    Published(Duration),
+    Failed(String),
+}
+
+impl OutboxRelay {
+    /// A relay over the outbox in `pool`.
+    pub fn new(pool: PgPool, config: RelayConfig, metrics: Metrics) -> OutboxRelay {
+        OutboxRelay {
+            pool,
+            config: Arc::new(config),
+            metrics,
+        }
+    }
+
+    /// Connects, checks the exchanges exist and opens a confirm channel.
+    pub async fn connect(&self) -> Result<RelayChannel> {
+        let name = format!("{}-outbox-relay", self.config.service);
+        let conn = broker::connect(&self.config.amqp_url, &name).await?;
+        let required = RequiredTopology {
+            exchanges: self.config.exchanges.clone(),
+            queues: vec![],
+        };
+        broker::verify_topology(&conn, &required).await?;
+        RelayChannel::open(conn).await
+    }
+
+    /// Runs until `shutdown`: waits for NOTIFY (or the fallback poll), drains the outbox in
+    /// batches, reconnects with backoff when RabbitMQ or PostgreSQL goes away.
+    ///
+    /// Returns an error only when the topology it needs is missing.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen_for_notifications(
+            self.pool.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ));
+        let result = self.run_sessions(&wake, &shutdown).await;
+        shutdown.cancel();
+        let _ = listener.await;
+        result
+    }
+
+    async fn run_sessions(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<()> {
+        let mut backoff = Backoff::default();
+        let mut housekeeping = tokio::time::interval(self.config.housekeeping_interval);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'session: while !shutdown.is_cancelled() {
+            let mut channel = match self.connect().await {
+                Ok(c) => c,
+                Err(Error::MissingTopology(what)) => return Err(Error::MissingTopology(what)),
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox relay cannot connect, retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'session,
+                        _ = tokio::time::sleep(delay) => continue 'session,
+                    }
+                }
+            };
+            tracing::info!(service = %self.config.service, "outbox relay connected");
+            loop {
+                if shutdown.is_cancelled() {
+                    channel.close().await;
+                    break 'session;
+                }
+                match self.relay_batch(&mut channel).await {
+                    Ok(report) if report.published + report.failed > 0 => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Ok(_) => {
+                        backoff.reset();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = wake.notified() => {}
+                            _ = tokio::time::sleep(self.config.poll_interval) => {}
+                            _ = housekeeping.tick() => self.housekeeping().await,
+                        }
+                    }
+                    Err(err) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox batch failed; nothing was marked, retrying");
+                        if !channel.is_connected() {
+                            channel.close().await;
+                            tokio::select! {
+                                _ = shutdown.cancelled() => {}
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                            continue 'session;
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one batch of due rows and marks the confirmed ones, all under the relay lock.
+    ///
+    /// If anything fails before the marks commit, nothing is marked and the rows go out again
+    /// later: at-least-once, which the idempotent consumer absorbs.
+    pub async fn relay_batch(&self, channel: &mut RelayChannel) -> Result<BatchReport> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(BatchReport {
+                busy: true,
+                ..BatchReport::default()
+            });
+        }
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT o.id, o.event_id, o.event_type, o.exchange, o.routing_key, o.correlation_id, \
+                    o.occurred_at, o.payload, o.attempts \
+             FROM outbox o \
+             WHERE o.published_at IS NULL \
+               AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+               AND NOT EXISTS ( \
+                   SELECT 1 FROM outbox h \
+                   WHERE h.published_at IS NULL AND h.next_attempt_at IS NOT NULL \
+                     AND h.next_attempt_at > now() \
+                     AND h.aggregate_id = o.aggregate_id AND h.id < o.id) \
+             ORDER BY o.id \
+             LIMIT $1",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(BatchReport::default());
+        }
+
+        let outcomes = self.publish_rows(channel, &rows).await?;
+
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failed = Vec::new();
+        for (row, outcome) in rows.iter().zip(&outcomes) {
+            match outcome {
+                RowOutcome::Published(_) => published.push(row.id),
+                RowOutcome::Failed(reason) => failed.push((row, reason)),
+            }
+        }
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
+             next_attempt_at = NULL, last_error = NULL WHERE id = ANY($1)",
+        )
+        .bind(&published)
+        .execute(&mut *tx)
+        .await?;
+        for (row, reason) in &failed {
+            let delay = self.failed_row_delay(row.attempts);
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
+            )
+            .bind(row.id)
+            .bind(*reason)
+            .bind(delay.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        for (row, outcome) in rows.iter().zip(&outcomes) {
+            match outcome {
+                RowOutcome::Published(took) => {
+                    Metrics::by_type(&self.metrics.events_published, &row.event_type).inc();
+                    self.metrics
+                        .events_publish_duration
+                        .get_or_create(&crate::metrics::EventTypeLabels {
+                            event_type: row.event_type.clone(),
+                        })
+                        .observe(took.as_secs_f64());
+                }
+                RowOutcome::Failed(reason) => {
+                    Metrics::by_type(&self.metrics.events_publish_errors, &row.event_type).inc();
+                    tracing::error!(
+                        event_id = %row.event_id,
+                        correlation_id = %row.correlation_id,
+                        event_type = %row.event_type,
+                        exchange = %row.exchange,
+                        attempts = row.attempts + 1,
+                        reason = %reason,
+                        "outbox event not accepted by the broker; it stays in the outbox and is retried"
+                    );
+                }
+            }
+        }
+        tracing::debug!(
+            published = published.len(),
+            failed = failed.len(),
+            "outbox batch relayed"
+        );
+        Ok(BatchReport {
+            busy: false,
+            published: published.len(),
+            failed: failed.len(),
+        })
+    }
+
+    fn failed_row_delay(&self, previous_attempts: i32) -> Duration {
+        let exp = previous_attempts.clamp(0, 16) as u32;
+        self.config
+            .failed_row_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.config.failed_row_backoff_max)
+    }
+
+    /// Publishes every row with at most `confirm_window` unconfirmed at once.
+    async fn publish_rows(
+        &self,
+        channel: &mut RelayChannel,
+        rows: &[OutboxRow],
+    ) -> Result<Vec<RowOutcome>> {
+        let mut outcomes: Vec<Option<RowOutcome>> = rows.iter().map(|_| None).collect();
+        let mut pending = VecDeque::with_capacity(self.config.confirm_window);
+        for (i, row) in rows.iter().enumerate() {
+            if !channel.exchange_exists(&row.exchange).await? {
+                outcomes[i] = Some(RowOutcome::Failed(format!(
+                    "exchange '{}' does not exist",
+                    row.exchange
+                )));
+                continue;
+            }
+            if pending.len() >= self.config.confirm_window.max(1) {
+                settle(pending.pop_front(), &mut outcomes).await?;
+            }
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(row.event_id.to_string().into())
+                .with_correlation_id(row.correlation_id.as_str().into())
+                .with_type(row.event_type.as_str().into())
+                .with_app_id(self.config.service.as_str().into())
+                .with_timestamp(row.occurred_at.timestamp().max(0) as u64);
+            let started = Instant::now();
+            let confirm = channel
+                .channel
+                .basic_publish(
+                    row.exchange.as_str().into(),
+                    row.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    row.payload.as_bytes(),
+                    props,
+                )
+                .await?;
+            pending.push_back((i, started, confirm));
+        }
+        while let Some(p) = pending.pop_front() {
+            settle(Some(p), &mut outcomes).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| RowOutcome::Failed("not published".into())))
+            .collect())
+    }
+
+    /// Removes published rows past retention and refreshes the backlog gauges.
+    pub async fn housekeeping(&self) {
+        let retention = self.config.retention.as_secs_f64();
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1) \
+                 LIMIT 5000)",
+            )
+            .bind(retention)
+            .execute(&self.pool)
+            .await;
+            match deleted {
+                Ok(r) if r.rows_affected() == 5000 => continue,
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox retention cleanup failed");
+                    break;
+                }
+            }
+        }
+        if let Err(err) = self.refresh_backlog_metrics().await {
+            tracing::warn!(error = %err, "outbox backlog metrics not refreshed");
+        }
+    }
+
+    /// Sets the backlog and oldest-unpublished-age gauges from the database.
+    pub async fn refresh_backlog_metrics(&self) -> Result<()> {
+        let (count, age): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        self.metrics.outbox_backlog.set(count);
+        self.metrics
+            .outbox_oldest_unpublished_age
+            .set(age.unwrap_or(0.0).max(0.0));
+        Ok(())
+    }
+}
+
+async fn settle(
+    pending: Option<(usize, Instant, lapin::PublisherConfirm)>,
+    outcomes: &mut [Option<RowOutcome>],
+) -> Result<()> {
+    let Some((i, started, confirm)) = pending else {
+        return Ok(());
+    };
+    let outcome = match confirm.await? {
+        Confirmation::Ack(None) => RowOutcome::Published(started.elapsed()),
+        Confirmation::Ack(Some(returned)) => RowOutcome::Failed(format!(
+            "returned by the broker: {} {} (no queue is bound for this routing key)",
+            returned.reply_code, returned.reply_text
+        )),
+        Confirmation::Nack(_) => RowOutcome::Failed("the broker refused the message (nack)".into()),
+        Confirmation::NotRequested => {
+            return Err(Error::Config(
+                "publisher confirms are not enabled on the relay channel".into(),
+            ));
+        }
+    };
+    outcomes[i] = Some(outcome);
+    Ok(())
+}
+
+/// Forwards outbox NOTIFYs to `wake` until `shutdown`. sqlx's listener reconnects by itself;
+/// notifications lost meanwhile are covered by the relay's fallback poll.
+async fn listen_for_notifications(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, ?delay, "cannot LISTEN for outbox notifications, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        if let Err(err) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!(error = %err, "LISTEN failed, retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        }
+        backoff.reset();
+        // The relay may have missed rows while we were not listening.
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = listener.recv() => match received {
+                    Ok(_) => wake.notify_one(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox listener lost its connection");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
