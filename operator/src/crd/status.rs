@@ -1,0 +1,86 @@
+//! Status shared by the topology kinds: `observedGeneration` and standard conditions.
+//! `Ready` carries a reason and, when RabbitMQ refused, RabbitMQ's own error text.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// The condition type Argo CD, Flux and `kubectl get` read.
+pub const READY: &str = "Ready";
+
+/// Status of an Exchange, Binding or Policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions, merged per type by server-side apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Builds a `Ready` condition for `generation`.
+pub fn ready_condition(
+    ready: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: READY.to_owned(),
+        status: if ready { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: Time(jiff::Timestamp::now()),
+    }
+}
+
+/// Replaces the condition of the same type, keeping its transition time when the status did not
+/// change (so "Ready since" stays truthful across reconciles).
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(existing) => {
+            if existing.status == new.status {
+                new.last_transition_time = existing.last_transition_time.clone();
+            }
+            *existing = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// The `Ready` condition, if any.
+pub fn ready(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == READY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_condition_keeps_transition_time_while_status_holds() {
+        let mut conditions = Vec::new();
+        let first = ready_condition(true, "Created", "", Some(1));
+        let since = first.last_transition_time.clone();
+        set_condition(&mut conditions, first);
+        let mut again = ready_condition(true, "Unchanged", "", Some(2));
+        again.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        set_condition(&mut conditions, again);
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].reason, "Unchanged");
+        assert_eq!(conditions[0].last_transition_time, since);
+
+        let mut failed = ready_condition(false, "Conflict", "x", Some(3));
+        failed.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        set_condition(&mut conditions, failed);
+        assert_eq!(ready(&conditions).map(|c| c.status.as_str()), Some("False"));
+        assert_eq!(
+            conditions[0].last_transition_time,
+            Time(jiff::Timestamp::UNIX_EPOCH)
+        );
+    }
+}
