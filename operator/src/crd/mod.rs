@@ -86,3 +86,267 @@ pub fn default_vhost() -> String {
 pub(crate) fn default_true() -> bool {
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    const REGENERATE: &str = "run `cargo run -p warren-operator -- crds > crds/warren.dev.yaml`";
+
+    fn crd_json(kind: &str) -> Value {
+        let crd = all()
+            .into_iter()
+            .find(|crd| crd.spec.names.kind == kind)
+            .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
+        serde_json::to_value(crd).unwrap_or_else(|e| panic!("CRD {kind} serializes: {e}"))
+    }
+
+    fn spec_schema(kind: &str) -> Value {
+        crd_json(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            .clone()
+    }
+
+    fn rules(schema: &Value) -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .filter_map(|r| r["rule"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn crds_directory_matches_generated_output() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/warren.dev.yaml");
+        let on_disk = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGENERATE}", path.display()));
+        let generated = crds_yaml().unwrap_or_else(|e| panic!("CRDs render: {e}"));
+        assert!(
+            on_disk == generated,
+            "{} is stale: {REGENERATE}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn every_kind_is_in_group_version_and_category_with_status_and_ready_column() {
+        for crd in all() {
+            let kind = &crd.spec.names.kind;
+            assert_eq!(crd.spec.group, GROUP, "{kind}");
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&[CATEGORY.to_owned()][..]),
+                "{kind}"
+            );
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, VERSION, "{kind}");
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "{kind}"
+            );
+            let columns: Vec<_> = version
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| (c.name.as_str(), c.json_path.as_str()))
+                .collect();
+            assert_eq!(
+                columns[0],
+                ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#),
+                "{kind}"
+            );
+            assert_eq!(
+                columns.last().copied(),
+                Some(("Age", ".metadata.creationTimestamp")),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_columns_show_type_messages_and_consumers() {
+        let crd = crd_json("Queue");
+        let names: Vec<&str> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        for wanted in ["Ready", "Queue", "Type", "Messages", "Consumers", "Age"] {
+            assert!(
+                names.contains(&wanted),
+                "Queue lacks column {wanted}: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn immutable_fields_carry_cel_rules_with_guidance() {
+        let immutable_fields = [
+            (
+                "Exchange",
+                vec![
+                    "brokerRef",
+                    "name",
+                    "vhost",
+                    "type",
+                    "durable",
+                    "autoDelete",
+                    "internal",
+                ],
+            ),
+            (
+                "Queue",
+                vec![
+                    "brokerRef",
+                    "name",
+                    "vhost",
+                    "type",
+                    "durable",
+                    "autoDelete",
+                ],
+            ),
+            (
+                "Binding",
+                vec![
+                    "brokerRef",
+                    "vhost",
+                    "source",
+                    "destination",
+                    "destinationType",
+                    "routingKey",
+                ],
+            ),
+            ("Policy", vec!["brokerRef", "name", "vhost"]),
+        ];
+        for (kind, fields) in immutable_fields {
+            let spec = spec_schema(kind);
+            for field in fields {
+                let field_schema = &spec["properties"][field];
+                assert_eq!(
+                    rules(field_schema),
+                    vec!["self == oldSelf"],
+                    "{kind}.spec.{field}"
+                );
+                let message = field_schema["x-kubernetes-validations"][0]["message"]
+                    .as_str()
+                    .unwrap_or("");
+                assert!(
+                    message.contains("immutable") && message.contains("create a new"),
+                    "{kind}.{field}: {message}"
+                );
+            }
+        }
+        // Optional queue arguments are locked on the parent, so setting or clearing them is refused too.
+        let queue_rules = rules(&spec_schema("Queue"));
+        for field in [
+            "deadLetterExchange",
+            "deadLetterRoutingKey",
+            "messageTtl",
+            "maxLength",
+            "overflow",
+            "deliveryLimit",
+        ] {
+            assert!(
+                queue_rules
+                    .iter()
+                    .any(|r| r.starts_with(&format!("has(self.{field}) == has(oldSelf.{field})"))),
+                "Queue lacks a set-once rule for {field}: {queue_rules:?}"
+            );
+        }
+        // Policies change in place.
+        assert!(rules(&spec_schema("Policy")["properties"]["definition"]).is_empty());
+    }
+
+    #[test]
+    fn conditions_merge_per_type_under_server_side_apply() {
+        for kind in ["Broker", "Exchange", "Queue", "Binding", "Policy"] {
+            let conditions = &crd_json(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+                ["status"]["properties"]["conditions"];
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}");
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                serde_json::json!(["type"]),
+                "{kind}"
+            );
+        }
+    }
+
+    /// The checks a real API server applies to a structural schema that matter for us.
+    fn assert_structural(path: &str, schema: &Value) {
+        let Some(object) = schema.as_object() else {
+            panic!("{path}: schema is not an object");
+        };
+        if object.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+            assert_eq!(
+                object.get("type"),
+                Some(&Value::from("object")),
+                "{path}: free-form must be an object"
+            );
+            return;
+        }
+        let Some(schema_type) = object.get("type").and_then(Value::as_str) else {
+            panic!(
+                "{path}: schema without a type (empty or untyped schemas are refused): {schema}"
+            );
+        };
+        for forbidden in ["$ref", "anyOf", "oneOf", "allOf"] {
+            assert!(
+                !object.contains_key(forbidden),
+                "{path}: {forbidden} is not structural"
+            );
+        }
+        if let Some(format) = object.get("format").and_then(Value::as_str) {
+            assert!(
+                !format.starts_with("uint"),
+                "{path}: format {format} is unknown to the API server"
+            );
+        }
+        match schema_type {
+            "object" => {
+                let properties = object.get("properties").and_then(Value::as_object);
+                assert!(
+                    properties.is_some_and(|p| !p.is_empty())
+                        || object.contains_key("additionalProperties"),
+                    "{path}: object without properties"
+                );
+                for (name, property) in properties.into_iter().flatten() {
+                    assert_structural(&format!("{path}.{name}"), property);
+                }
+            }
+            "array" => assert_structural(&format!("{path}[]"), &object["items"]),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn schemas_are_structural() {
+        for crd in all() {
+            let kind = crd.spec.names.kind.clone();
+            let json = serde_json::to_value(crd).unwrap_or_else(|e| panic!("{e}"));
+            let root = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            assert_structural(&kind, &root["properties"]["spec"]);
+            assert_structural(&kind, &root["properties"]["status"]);
+        }
+    }
+
+    #[test]
+    fn free_form_maps_preserve_unknown_fields_and_nothing_else_does() {
+        let yaml = crds_yaml().unwrap_or_else(|e| panic!("{e}"));
+        // Exchange, Queue and Binding arguments plus the Policy definition.
+        assert_eq!(
+            yaml.matches("x-kubernetes-preserve-unknown-fields: true")
+                .count(),
+            4
+        );
+    }
+}
