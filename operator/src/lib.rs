@@ -2,3 +2,104 @@
 //! as Kubernetes resources or YAML files and reconciled into RabbitMQ by one core.
 
 pub mod crd;
+pub mod plan;
+pub mod rabbitmq;
+pub mod topology;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in Warren, one variant per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// RabbitMQ answered, and refused; `reason` is RabbitMQ's own text.
+    #[error("RabbitMQ refused {method} {path}: {status} {reason}")]
+    RabbitMq {
+        /// HTTP method of the refused call.
+        method: String,
+        /// API path of the refused call (no credentials in it).
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// RabbitMQ's `error` field (e.g. `bad_request`).
+        error: String,
+        /// RabbitMQ's `reason` field, the useful text (e.g. `inequivalent arg 'x-message-ttl' ...`).
+        reason: String,
+    },
+    /// The management API could not be reached or did not answer in time.
+    #[error("cannot reach the RabbitMQ management API at {url}")]
+    Transport {
+        /// URL called.
+        url: String,
+        /// What the HTTP client saw.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The management API answered with a body Warren does not understand.
+    #[error("unexpected answer from {path}")]
+    InvalidResponse {
+        /// API path called.
+        path: String,
+        /// Why the body did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The broker connection is misconfigured (URL, credentials, TLS material).
+    #[error("broker configuration: {0}")]
+    Config(String),
+    /// A manifest file could not be read.
+    #[error("cannot read {path}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest is invalid: names the file, the resource and the field.
+    #[error("{file}: {resource}: {field}: {message}")]
+    Manifest {
+        /// File the resource came from.
+        file: PathBuf,
+        /// `Kind/name` (or the document number when it has none).
+        resource: String,
+        /// Path of the offending field (e.g. `spec.messageTtl`).
+        field: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+    /// The files, taken together, do not make a topology (duplicates, missing Broker, ...).
+    #[error("{0}")]
+    Topology(String),
+    /// A vhost the files use does not exist; Warren does not create vhosts.
+    #[error("vhost {vhost:?} does not exist on {broker}: create it first (rabbitmqctl add_vhost)")]
+    VhostMissing {
+        /// The missing vhost.
+        vhost: String,
+        /// Broker (management URL) it is missing on.
+        broker: String,
+    },
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics and Event reasons.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::RabbitMq { .. } => "rabbitmq_refused",
+            Error::Transport { .. } => "rabbitmq_unreachable",
+            Error::InvalidResponse { .. } => "rabbitmq_invalid_response",
+            Error::Config(_) => "config",
+            Error::Io { .. } => "io",
+            Error::Manifest { .. } => "invalid_manifest",
+            Error::Topology(_) => "invalid_topology",
+            Error::VhostMissing { .. } => "vhost_missing",
+        }
+    }
+
+    /// True when RabbitMQ answered 404 (the object, or its vhost, is not there).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::RabbitMq { status: 404, .. })
+    }
+}
+
+/// Result with Warren's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
