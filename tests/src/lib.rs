@@ -1,1 +1,12 @@
-//! placeholder
+//! Test support shared by Warren's end-to-end tests and benchmarks.
+//!
+//! Every test gets its own RabbitMQ vhost and its own PostgreSQL database, removed when the
+//! guard drops, so tests run in parallel, in any order, and twice in a row against the one
+//! broker and the one database server of the machine.
+
+pub mod harness;
+pub mod support;
+
+pub use support::{
+    Management, TestDatabase, TestVhost, declare_adr_topology, eventually, management, unique_name,
+};

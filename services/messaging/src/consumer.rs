@@ -123,12 +123,16 @@ enum Handled {
     Undecodable,
 }
 
+/// Called with each event whose effect was just committed (for lag measurements).
+pub type CommitObserver = Arc<dyn Fn(&Envelope) + Send + Sync>;
+
 /// Consumes one queue with an [`EventHandler`]; see the module doc.
 pub struct IdempotentConsumer<H> {
     pool: PgPool,
     config: Arc<ConsumerConfig>,
     handler: Arc<H>,
     metrics: Metrics,
+    on_commit: Option<CommitObserver>,
 }
 
 impl<H> Clone for IdempotentConsumer<H> {
@@ -138,6 +142,7 @@ impl<H> Clone for IdempotentConsumer<H> {
             config: self.config.clone(),
             handler: self.handler.clone(),
             metrics: self.metrics.clone(),
+            on_commit: self.on_commit.clone(),
         }
     }
 }
@@ -150,6 +155,24 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             config: Arc::new(config),
             handler: Arc::new(handler),
             metrics,
+            on_commit: None,
+        }
+    }
+
+    /// Calls `observer` with every event right after its effect committed.
+    pub fn with_commit_observer(mut self, observer: CommitObserver) -> Self {
+        self.on_commit = Some(observer);
+        self
+    }
+
+    fn committed<'a>(&self, events: impl IntoIterator<Item = &'a Envelope>) {
+        let now = chrono::Utc::now();
+        for env in events {
+            let lag = (now - env.timestamp).to_std().unwrap_or_default();
+            self.metrics.events_lag.observe(lag.as_secs_f64());
+            if let Some(observer) = &self.on_commit {
+                observer(env);
+            }
         }
     }
 
@@ -350,6 +373,13 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             out.push(Handled::Done);
         }
         tx.commit().await?;
+        self.committed(
+            batch
+                .iter()
+                .zip(&out)
+                .filter(|(_, h)| matches!(h, Handled::Done))
+                .filter_map(|(i, _)| i.decoded.as_ref().ok()),
+        );
         Ok(Some(out))
     }
 
@@ -379,6 +409,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         match result {
             Ok(()) => {
                 tx.commit().await?;
+                self.committed([env]);
                 Ok(Handled::Done)
             }
             Err(err) => {

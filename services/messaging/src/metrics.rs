@@ -53,6 +53,8 @@ pub struct Metrics {
     pub events_processing_duration: HistogramFamily,
     /// Events parked in a dead-letter queue.
     pub events_dlq: Family<EventTypeLabels, Counter>,
+    /// Time from an event's timestamp to the commit of its effect: the consumer's lag.
+    pub events_lag: Histogram,
     /// Outbox rows not yet published.
     pub outbox_backlog: Gauge,
     /// Age in seconds of the oldest unpublished outbox row (0 when there is none).
@@ -75,6 +77,8 @@ impl Metrics {
             events_consumed: Family::default(),
             events_processing_duration: Family::new_with_constructor(latency_histogram),
             events_dlq: Family::default(),
+            // 0.5 ms .. ~17 min: wide enough for the ADR's "consumer lag > 5 minutes" alert.
+            events_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 22)),
             outbox_backlog: Gauge::default(),
             outbox_oldest_unpublished_age: Gauge::default(),
         };
@@ -107,6 +111,11 @@ impl Metrics {
             "events_dlq",
             "Events parked in a dead-letter queue",
             m.events_dlq.clone(),
+        );
+        registry.register(
+            "events_lag_seconds",
+            "Time from an event's timestamp to the commit of its effect",
+            m.events_lag.clone(),
         );
         registry.register(
             "outbox_backlog",

@@ -1,0 +1,491 @@
+//! Warren's messaging benchmarks: a raw-lapin baseline and Warren side by side, in one run.
+//!
+//! `cargo run --release -p warren-tests --bin bench -- [relay|consume|latency|all] [--messages N]`
+//! Each scenario ends with one JSON line, e.g.
+//! `{"scenario":"relay","baseline":20000.0,"warren":17000.0,"unit":"msg/s","ratio":0.85}`.
+//! Every scenario gets its own vhost (ADR topology) and database, removed afterwards.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use serde_json::json;
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warren_messaging::events::{Quantity, StockReplenished};
+use warren_messaging::topology::{INVENTORY_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE};
+use warren_messaging::{
+    ConsumerConfig, Envelope, Event, EventHandler, HandlerError, IdempotentConsumer, Metrics,
+    OutboxRelay, RelayConfig,
+};
+use warren_tests::harness::TEST_RETRY_TTLS_MS;
+use warren_tests::{TestDatabase, TestVhost, declare_adr_topology};
+
+/// Publisher confirm window shared by the raw baseline and the relay.
+const CONFIRM_WINDOW: usize = 1000;
+/// Prefetch shared by the raw consumer and the idempotent consumer.
+const PREFETCH: u16 = 1000;
+const ROUTING_KEY: &str = "inventory.stock_replenished";
+
+struct Bench {
+    vhost: TestVhost,
+    db: TestDatabase,
+}
+
+impl Bench {
+    async fn new(name: &str) -> Bench {
+        let vhost = TestVhost::create(&format!("bench-{name}")).await;
+        declare_adr_topology(&vhost.mgmt, &vhost.name, &TEST_RETRY_TTLS_MS).await;
+        let db = TestDatabase::create(&format!("bench_{name}")).await;
+        Bench { vhost, db }
+    }
+
+    async fn channel(&self, confirms: bool) -> Result<(lapin::Connection, Channel)> {
+        let conn = self.vhost.connect().await;
+        let ch = conn.create_channel().await?;
+        if confirms {
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        }
+        Ok((conn, ch))
+    }
+
+    async fn purge(&self) -> Result<()> {
+        let (conn, ch) = self.channel(false).await?;
+        ch.queue_purge(
+            ORDERS_INVENTORY_EVENTS_QUEUE.into(),
+            QueuePurgeOptions::default(),
+        )
+        .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    fn relay(&self, metrics: &Metrics) -> OutboxRelay {
+        let mut config = RelayConfig::new("bench", &self.vhost.amqp_url(), &[INVENTORY_EXCHANGE]);
+        config.confirm_window = CONFIRM_WINDOW;
+        config.batch_size = CONFIRM_WINDOW as i64;
+        OutboxRelay::new(self.db.pool.clone(), config, metrics.clone())
+    }
+
+    fn consumer_config(&self) -> ConsumerConfig {
+        let mut config = ConsumerConfig::new(
+            "bench",
+            &self.vhost.amqp_url(),
+            ORDERS_INVENTORY_EVENTS_QUEUE,
+        );
+        config.prefetch = PREFETCH;
+        config.retry.delays = TEST_RETRY_TTLS_MS.map(Duration::from_millis).to_vec();
+        config
+    }
+}
+
+fn event(product: Uuid, seq: i64) -> Envelope {
+    Envelope::new(
+        Event::StockReplenished(StockReplenished {
+            product_id: product,
+            quantity_added: Quantity::new(5).unwrap_or_else(|| unreachable!()),
+            new_stock_level: seq,
+        }),
+        "bench-service",
+        format!("bench-correlation-{seq}"),
+    )
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+/// Publishes `bodies` with at most `window` unconfirmed; returns when all are confirmed.
+async fn raw_publish(ch: &Channel, bodies: &[Vec<u8>], window: usize) -> Result<()> {
+    let mut pending = std::collections::VecDeque::with_capacity(window);
+    for body in bodies {
+        if pending.len() >= window {
+            let confirm: lapin::PublisherConfirm = pending.pop_front().context("window")?;
+            confirm.await?;
+        }
+        let confirm = ch
+            .basic_publish(
+                INVENTORY_EXCHANGE.into(),
+                ROUTING_KEY.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                persistent().with_message_id(Uuid::new_v4().to_string().into()),
+            )
+            .await?;
+        pending.push_back(confirm);
+    }
+    for confirm in pending {
+        confirm.await?;
+    }
+    Ok(())
+}
+
+fn bodies(n: usize) -> Vec<Vec<u8>> {
+    let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
+    (0..n)
+        .map(|i| event(products[i % products.len()], i as i64).to_json())
+        .collect()
+}
+
+async fn enqueue_rows(bench: &Bench, n: usize) -> Result<()> {
+    let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
+    let mut tx = bench.db.pool.begin().await?;
+    for i in 0..n {
+        let env = event(products[i % products.len()], i as i64);
+        warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn scenario_relay(n: usize) -> Result<serde_json::Value> {
+    let bench = Bench::new("relay").await;
+    let (conn, ch) = bench.channel(true).await?;
+    let payloads = bodies(n);
+    let started = Instant::now();
+    raw_publish(&ch, &payloads, CONFIRM_WINDOW).await?;
+    let baseline = n as f64 / started.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done".into()).await;
+    bench.purge().await?;
+
+    enqueue_rows(&bench, n).await?;
+    let metrics = Metrics::new("bench");
+    let relay = bench.relay(&metrics);
+    let mut channel = relay.connect().await?;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let report = relay.relay_batch(&mut channel).await?;
+        if report.published == 0 {
+            bail!("relay stalled after {sent} of {n}");
+        }
+        sent += report.published;
+    }
+    let warren = n as f64 / started.elapsed().as_secs_f64();
+    channel.close().await;
+    bench.purge().await?;
+    Ok(
+        json!({"scenario": "relay", "baseline": round(baseline), "warren": round(warren),
+              "unit": "msg/s", "ratio": round3(warren / baseline), "messages": n,
+              "confirm_window": CONFIRM_WINDOW}),
+    )
+}
+
+/// The trivial effect of the consume benchmark: count the event.
+#[derive(Clone, Default)]
+struct CountingHandler(Arc<AtomicU64>);
+
+impl EventHandler for CountingHandler {
+    async fn handle(
+        &self,
+        _conn: &mut PgConnection,
+        _event: &Envelope,
+    ) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn scenario_consume(n: usize) -> Result<serde_json::Value> {
+    let bench = Bench::new("consume").await;
+    let payloads = bodies(n);
+    let (conn, ch) = bench.channel(true).await?;
+    raw_publish(&ch, &payloads, CONFIRM_WINDOW).await?;
+
+    // Baseline: consume and ack each message, nothing else.
+    let consume_ch = conn.create_channel().await?;
+    consume_ch
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume_ch
+        .basic_consume(
+            ORDERS_INVENTORY_EVENTS_QUEUE.into(),
+            "bench-raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut got = 0;
+    while got < n {
+        let delivery = consumer.next().await.context("consumer ended")??;
+        delivery.ack(BasicAckOptions::default()).await?;
+        got += 1;
+    }
+    let baseline = n as f64 / started.elapsed().as_secs_f64();
+    let _ = consume_ch.close(200, "done".into()).await;
+
+    raw_publish(&ch, &payloads, CONFIRM_WINDOW).await?;
+    let _ = conn.close(200, "done".into()).await;
+    let handled = CountingHandler::default();
+    let consumer = IdempotentConsumer::new(
+        bench.db.pool.clone(),
+        bench.consumer_config(),
+        handled.clone(),
+        Metrics::new("bench"),
+    );
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    while handled.0.load(Ordering::Relaxed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let warren = n as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&bench.db.pool)
+        .await?;
+    if recorded != n as i64 {
+        bail!("{recorded} event ids recorded for {n} events");
+    }
+    Ok(
+        json!({"scenario": "consume", "baseline": round(baseline), "warren": round(warren),
+              "unit": "msg/s", "ratio": round3(warren / baseline), "messages": n,
+              "prefetch": PREFETCH}),
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> {
+    let bench = Bench::new("latency").await;
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+
+    // Baseline: publish with confirms at `rate`, consume with manual ack; publish → delivery.
+    let (conn, ch) = bench.channel(true).await?;
+    let consume_ch = conn.create_channel().await?;
+    consume_ch
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume_ch
+        .basic_consume(
+            ORDERS_INVENTORY_EVENTS_QUEUE.into(),
+            "bench-latency".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let receiver_sent = sent_at.clone();
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(total);
+        while samples.len() < total {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
+            let now = Instant::now();
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default();
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            if let Some(t) = receiver_sent
+                .lock()
+                .map(|mut m| m.remove(&id))
+                .ok()
+                .flatten()
+            {
+                samples.push((now - t).as_secs_f64() * 1000.0);
+            }
+        }
+        samples
+    });
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let body = event(Uuid::new_v4(), 0).to_json();
+    for i in 0..total {
+        ticker.tick().await;
+        let id = format!("m{i}");
+        if let Ok(mut m) = sent_at.lock() {
+            m.insert(id.clone(), Instant::now());
+        }
+        // Confirms are awaited in the background so the offered rate stays steady.
+        let confirm = ch
+            .basic_publish(
+                INVENTORY_EXCHANGE.into(),
+                ROUTING_KEY.into(),
+                BasicPublishOptions::default(),
+                &body,
+                persistent().with_message_id(id.into()),
+            )
+            .await?;
+        tokio::spawn(confirm);
+    }
+    let mut baseline = tokio::time::timeout(Duration::from_secs(60), receiver).await??;
+    let _ = conn.close(200, "done".into()).await;
+    baseline.sort_by(f64::total_cmp);
+
+    // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit.
+    let metrics = Metrics::new("bench");
+    let committed_at: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let (observer_commits, observer_samples) = (committed_at.clone(), samples.clone());
+    let consumer = IdempotentConsumer::new(
+        bench.db.pool.clone(),
+        bench.consumer_config(),
+        CountingHandler::default(),
+        metrics.clone(),
+    )
+    .with_commit_observer(Arc::new(move |env: &Envelope| {
+        let now = Instant::now();
+        let start = observer_commits
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&env.event_id));
+        if let (Some(start), Ok(mut s)) = (start, observer_samples.lock()) {
+            s.push((now - start).as_secs_f64() * 1000.0);
+        }
+    }));
+    let stop = CancellationToken::new();
+    let consumer_task = tokio::spawn(consumer.run(stop.clone()));
+    let relay_task = tokio::spawn(bench.relay(&metrics).run(stop.clone()));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
+    // A few producers, as a service's request handlers would be, so one slow commit does not
+    // hold back the offered load.
+    let (tx_jobs, rx_jobs) = async_channel(total);
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let rx = rx_jobs.clone();
+        let pool = bench.db.pool.clone();
+        let commits = committed_at.clone();
+        producers.push(tokio::spawn(async move {
+            while let Ok(env) = rx.recv().await {
+                let mut tx = pool.begin().await?;
+                warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env).await?;
+                // Stamped just before COMMIT returns, so the consumer can never see the event
+                // first; the producer's own commit time counts against Warren.
+                if let Ok(mut m) = commits.lock() {
+                    m.insert(env.event_id, Instant::now());
+                }
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for i in 0..total {
+        ticker.tick().await;
+        tx_jobs
+            .send(event(products[i % products.len()], i as i64))
+            .await?;
+    }
+    drop(tx_jobs);
+    for p in producers {
+        p.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while samples.lock().map(|s| s.len()).unwrap_or(0) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    consumer_task.await??;
+    relay_task.await??;
+    let mut warren = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    warren.sort_by(f64::total_cmp);
+    Ok(
+        json!({"scenario": "latency", "unit": "ms", "rate": rate, "seconds": seconds,
+              "samples": warren.len(),
+              "p50": round3(percentile(&warren, 0.50)), "p95": round3(percentile(&warren, 0.95)),
+              "p99": round3(percentile(&warren, 0.99)),
+              "baseline_p50": round3(percentile(&baseline, 0.50)),
+              "baseline_p99": round3(percentile(&baseline, 0.99))}),
+    )
+}
+
+/// A bounded multi-consumer queue built from a tokio mpsc behind a mutex.
+fn async_channel<T: Send + 'static>(
+    cap: usize,
+) -> (tokio::sync::mpsc::Sender<T>, SharedReceiver<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap.max(1));
+    (tx, SharedReceiver(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+struct SharedReceiver<T>(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>);
+
+impl<T> Clone for SharedReceiver<T> {
+    fn clone(&self) -> Self {
+        SharedReceiver(self.0.clone())
+    }
+}
+
+impl<T> SharedReceiver<T> {
+    async fn recv(&self) -> Result<T, ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scenario = args.first().map(String::as_str).unwrap_or("all");
+    let messages = args
+        .iter()
+        .position(|a| a == "--messages")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<usize>())
+        .transpose()
+        .context("--messages takes a number")?
+        .unwrap_or(20_000);
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<u64>())
+        .transpose()
+        .context("--seconds takes a number")?
+        .unwrap_or(20);
+    let run = |name: &str| scenario == "all" || scenario == name;
+    if !["all", "relay", "consume", "latency"].contains(&scenario) {
+        bail!("unknown scenario {scenario}: use relay, consume, latency or all");
+    }
+    if run("relay") {
+        println!("{}", scenario_relay(messages).await?);
+    }
+    if run("consume") {
+        println!("{}", scenario_consume(messages).await?);
+    }
+    if run("latency") {
+        println!("{}", scenario_latency(1000, seconds).await?);
+    }
+    Ok(())
+}

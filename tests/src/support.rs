@@ -1,0 +1,398 @@
+//! Per-test vhosts and databases, a small management API client, and polling with a deadline.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+use warren_messaging::config;
+
+/// A name no other test (or earlier run) uses: `prefix-<8 hex>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Polls `check` every 25 ms until it yields true; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The RabbitMQ management HTTP API, as the tests need it.
+#[derive(Clone)]
+pub struct Management {
+    base: String,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+/// The management API named by `WARREN_MANAGEMENT_URL` with `WARREN_RABBITMQ_USERNAME` /
+/// `WARREN_RABBITMQ_PASSWORD` (guest/guest when unset).
+pub fn management() -> Management {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    Management {
+        base: config::management_url().trim_end_matches('/').to_owned(),
+        user: env("WARREN_RABBITMQ_USERNAME", "guest"),
+        password: env("WARREN_RABBITMQ_PASSWORD", "guest"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client"),
+    }
+}
+
+fn enc(s: &str) -> String {
+    urlencoding::encode(s).into_owned()
+}
+
+impl Management {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}/api/{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("management API {method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) {
+        let (status, text) = self.call(method.clone(), path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "management API {method} {path} answered {status}: {text}"
+        );
+    }
+
+    /// GET `path` as JSON.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, text) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Creates `vhost` and gives the API user every permission on it.
+    pub async fn create_vhost(&self, vhost: &str) {
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("vhosts/{}", enc(vhost)),
+            Some(json!({})),
+        )
+        .await;
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("permissions/{}/{}", enc(vhost), enc(&self.user)),
+            Some(json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await;
+    }
+
+    /// Deletes `vhost` and everything in it; a missing vhost is fine.
+    pub async fn delete_vhost(&self, vhost: &str) {
+        let _ = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("vhosts/{}", enc(vhost)),
+                None,
+            )
+            .await;
+    }
+
+    /// Declares an exchange.
+    pub async fn declare_exchange(&self, vhost: &str, name: &str, kind: &str) {
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("exchanges/{}/{}", enc(vhost), enc(name)),
+            Some(json!({"type": kind, "durable": true})),
+        )
+        .await;
+    }
+
+    /// Declares a durable queue with `arguments`.
+    pub async fn declare_queue(&self, vhost: &str, name: &str, arguments: Value) {
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("queues/{}/{}", enc(vhost), enc(name)),
+            Some(json!({"durable": true, "arguments": arguments})),
+        )
+        .await;
+    }
+
+    /// Binds `queue` to `exchange` with `key`.
+    pub async fn bind(&self, vhost: &str, exchange: &str, queue: &str, key: &str) {
+        self.ok(
+            reqwest::Method::POST,
+            &format!(
+                "bindings/{}/e/{}/q/{}",
+                enc(vhost),
+                enc(exchange),
+                enc(queue)
+            ),
+            Some(json!({"routing_key": key})),
+        )
+        .await;
+    }
+
+    /// Names of the client connections whose client-given name starts with `prefix`.
+    pub async fn connections_named(&self, vhost: &str, prefix: &str) -> Vec<String> {
+        let list = self
+            .get(&format!("vhosts/{}/connections", enc(vhost)))
+            .await;
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Closes a client connection by force, as a network fault or broker restart would.
+    pub async fn close_connection(&self, name: &str) {
+        let _ = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("connections/{}", enc(name)),
+                None,
+            )
+            .await;
+    }
+}
+
+/// A vhost of its own for one test, deleted on drop.
+pub struct TestVhost {
+    /// The vhost's name.
+    pub name: String,
+    /// The management API it was created through.
+    pub mgmt: Management,
+}
+
+impl TestVhost {
+    /// Creates a fresh vhost named after `prefix`.
+    pub async fn create(prefix: &str) -> TestVhost {
+        let mgmt = management();
+        let name = unique_name(&format!("warren-test-{prefix}"));
+        mgmt.create_vhost(&name).await;
+        TestVhost { name, mgmt }
+    }
+
+    /// The AMQP URL of this vhost.
+    pub fn amqp_url(&self) -> String {
+        config::with_vhost(&config::amqp_url(), &self.name)
+    }
+
+    /// A new AMQP connection to this vhost.
+    pub async fn connect(&self) -> lapin::Connection {
+        lapin::Connection::connect(&self.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("AMQP connection to the test vhost")
+    }
+
+    /// Messages ready in `queue` right now (exact: asked over AMQP, not from lagging stats).
+    pub async fn ready_messages(&self, queue: &str) -> u32 {
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.expect("channel");
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    }
+
+    /// Takes every ready message off `queue` (acking them) and returns them.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            out.push(msg);
+        }
+        let _ = conn.close(200, "done".into()).await;
+        out
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await; a short-lived runtime on its own thread does the HTTP call.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(management().delete_vhost(&name));
+            }
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL database of its own for one test, dropped (with its connections) on drop.
+pub struct TestDatabase {
+    /// The database's name.
+    pub name: String,
+    /// A pool connected to it.
+    pub pool: PgPool,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database with the messaging tables.
+    pub async fn create(prefix: &str) -> TestDatabase {
+        let name = unique_name(&format!("warren_test_{prefix}")).replace('-', "_");
+        let admin_url = config::database_url();
+        let mut admin = PgConnectOptions::from_str(&admin_url)
+            .expect("WARREN_DATABASE_URL")
+            .connect()
+            .await
+            .expect("connect to PostgreSQL (is it running? see scripts/services.sh)");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .expect("CREATE DATABASE");
+        let options = PgConnectOptions::from_str(&admin_url)
+            .expect("WARREN_DATABASE_URL")
+            .database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(options)
+            .await
+            .expect("connect to the test database");
+        warren_messaging::schema::migrate(&pool)
+            .await
+            .expect("messaging migrations");
+        TestDatabase { name, pool, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnectOptions::from_str(&config::database_url())
+                    .expect("WARREN_DATABASE_URL")
+                    .connect()
+                    .await
+                {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Declares ADR-029's topology in `vhost` through the management API, with retry tiers of
+/// `retry_ttls_ms` (tests use short ones). Same names and shapes as manifests/topology.
+pub async fn declare_adr_topology(mgmt: &Management, vhost: &str, retry_ttls_ms: &[u64]) {
+    use warren_messaging::topology::*;
+    mgmt.declare_exchange(vhost, INVENTORY_EXCHANGE, "topic")
+        .await;
+    mgmt.declare_exchange(vhost, ORDERS_EXCHANGE, "topic").await;
+    mgmt.declare_exchange(vhost, DEAD_LETTER_EXCHANGE, "direct")
+        .await;
+    for (queue, exchange, key) in [
+        (
+            ORDERS_INVENTORY_EVENTS_QUEUE,
+            INVENTORY_EXCHANGE,
+            "inventory.*",
+        ),
+        (INVENTORY_ORDER_EVENTS_QUEUE, ORDERS_EXCHANGE, "order.*"),
+    ] {
+        mgmt.declare_queue(
+            vhost,
+            queue,
+            json!({
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                "x-dead-letter-routing-key": queue,
+                "x-delivery-limit": 10,
+            }),
+        )
+        .await;
+        let dlq = dead_letter_queue(queue);
+        mgmt.declare_queue(vhost, &dlq, json!({"x-queue-type": "quorum"}))
+            .await;
+        mgmt.bind(vhost, exchange, queue, key).await;
+        mgmt.bind(vhost, DEAD_LETTER_EXCHANGE, &dlq, queue).await;
+        for (n, ttl) in retry_ttls_ms.iter().enumerate() {
+            mgmt.declare_queue(
+                vhost,
+                &warren_messaging::RetryPolicy::tier_queue(queue, n + 1),
+                json!({
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": ttl,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": queue,
+                }),
+            )
+            .await;
+        }
+    }
+}

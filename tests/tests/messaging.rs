@@ -1,0 +1,512 @@
+//! The messaging core against the real RabbitMQ and PostgreSQL: outbox → relay → consumer,
+//! duplicates, retries, dead-lettering, crashes and faults.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
+use uuid::Uuid;
+use warren_messaging::retry;
+use warren_messaging::topology::{
+    INVENTORY_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE, dead_letter_queue,
+};
+use warren_messaging::{ConsumerConfig, Envelope, HandlerError, IdempotentConsumer, OutboxRelay};
+use warren_tests::eventually;
+use warren_tests::harness::{Harness, enqueue_in};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn header(msg: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
+    let headers = msg.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Publishes raw bytes to the inventory exchange, as a foreign or buggy producer would.
+async fn publish_raw(h: &Harness, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+    let conn = h.vhost.connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut props = BasicProperties::default().with_delivery_mode(2);
+    if let Some(id) = message_id {
+        props = props.with_message_id(id.into());
+    }
+    let confirm = ch
+        .basic_publish(
+            INVENTORY_EXCHANGE.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(
+        confirm.is_ack() && confirm.take_message().is_none(),
+        "routed and confirmed"
+    );
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_feeds_consumer_end_to_end_in_aggregate_order() {
+    let mut h = Harness::start("e2e").await;
+    h.spawn_relay();
+    h.spawn_consumer();
+    let products: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+    for seq in 0..30 {
+        for p in &products {
+            h.enqueue(*p, seq).await;
+        }
+    }
+    eventually(WAIT, "300 effects", || async { h.effects().await == 300 }).await;
+    let sequences = h.sequences().await;
+    for p in &products {
+        assert_eq!(
+            sequences[p],
+            (0..30).collect::<Vec<_>>(),
+            "order of product {p}"
+        );
+    }
+    assert_eq!(h.unpublished().await, 0);
+    let published: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT event_type, last_error FROM outbox LIMIT 1")
+            .fetch_all(h.pool())
+            .await
+            .unwrap();
+    assert_eq!(published[0].0, "inventory.stock_replenished");
+    let text = h.metrics.encode();
+    assert!(
+        text.contains(
+            "test_events_published_total{event_type=\"inventory.stock_replenished\"} 300"
+        ),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_delivered_twice_is_applied_once() {
+    let mut h = Harness::start("dup").await;
+    h.spawn_consumer();
+    let env = Envelope::new(
+        warren_messaging::Event::StockReplenished(warren_messaging::events::StockReplenished {
+            product_id: Uuid::new_v4(),
+            quantity_added: warren_messaging::events::Quantity::new(3).unwrap(),
+            new_stock_level: 7,
+        }),
+        "test-service",
+        "corr-dup",
+    );
+    let body = env.to_json();
+    let id = env.event_id.to_string();
+    publish_raw(&h, env.event_type(), &body, Some(&id)).await;
+    publish_raw(&h, env.event_type(), &body, Some(&id)).await;
+    eventually(WAIT, "both deliveries handled", || async {
+        h.metrics.encode().contains("status=\"duplicate\"} 1")
+    })
+    .await;
+    assert_eq!(h.effects_of(env.event_id).await, 1);
+    assert_eq!(
+        h.vhost.ready_messages(ORDERS_INVENTORY_EVENTS_QUEUE).await,
+        0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_with_growing_delays_then_succeeds() {
+    let mut h = Harness::start("retry").await;
+    h.spawn_relay();
+    h.spawn_consumer();
+    // Another event of another aggregate right behind it must not wait for the retries.
+    let product = Uuid::new_v4();
+    let mut tx = h.pool().begin().await.unwrap();
+    let flaky = enqueue_in(&mut tx, product, 1).await;
+    h.handler.fail(
+        flaky,
+        vec![
+            HandlerError::transient("database timeout"),
+            HandlerError::transient("database timeout again"),
+        ],
+    );
+    let bystander = enqueue_in(&mut tx, Uuid::new_v4(), 1).await;
+    tx.commit().await.unwrap();
+
+    eventually(WAIT, "bystander handled", || async {
+        h.effects_of(bystander).await == 1
+    })
+    .await;
+    assert_eq!(
+        h.effects_of(flaky).await,
+        0,
+        "still waiting in a retry tier"
+    );
+    eventually(WAIT, "flaky event handled", || async {
+        h.effects_of(flaky).await == 1
+    })
+    .await;
+    let attempts = h.handler.attempts_of(flaky);
+    assert_eq!(attempts.len(), 3, "two failures, then success");
+    let first_wait = attempts[1] - attempts[0];
+    let second_wait = attempts[2] - attempts[1];
+    assert!(
+        first_wait >= Duration::from_millis(300),
+        "tier 1 waited {first_wait:?}"
+    );
+    assert!(
+        second_wait >= Duration::from_millis(1200),
+        "tier 2 waited {second_wait:?}"
+    );
+    assert!(second_wait > first_wait);
+    assert_eq!(
+        h.vhost
+            .ready_messages(&dead_letter_queue(ORDERS_INVENTORY_EVENTS_QUEUE))
+            .await,
+        0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_and_malformed_messages_are_dead_lettered_with_their_reason() {
+    let mut h = Harness::start("dlq").await;
+    h.spawn_relay();
+    h.spawn_consumer();
+    // Failures are scripted before the commit, so the relay cannot beat the script.
+    let mut tx = h.pool().begin().await.unwrap();
+    let doomed = enqueue_in(&mut tx, Uuid::new_v4(), 1).await;
+    h.handler.fail(
+        doomed,
+        vec![HandlerError::permanent("product does not exist")],
+    );
+    let exhausted = enqueue_in(&mut tx, Uuid::new_v4(), 2).await;
+    h.handler.fail(
+        exhausted,
+        (0..4)
+            .map(|i| HandlerError::transient(format!("down {i}")))
+            .collect(),
+    );
+    tx.commit().await.unwrap();
+    publish_raw(&h, "inventory.garbage", b"{this is not json", None).await;
+    publish_raw(
+        &h,
+        "inventory.teleported",
+        br#"{"eventType":"inventory.teleported","eventId":"6f1c2f0e-9a51-4c4e-8f5e-2f8f3b2a9d01","timestamp":"2025-10-17T10:00:00Z","version":"1.0","data":{},"metadata":{"service":"x","correlationId":"c"}}"#,
+        None,
+    )
+    .await;
+    publish_raw(
+        &h,
+        "inventory.reserved",
+        br#"{"eventType":"inventory.reserved","eventId":"6f1c2f0e-9a51-4c4e-8f5e-2f8f3b2a9d02","timestamp":"2025-10-17T10:00:00Z","version":"2.0","data":{},"metadata":{"service":"x","correlationId":"c"}}"#,
+        None,
+    )
+    .await;
+
+    let dlq = dead_letter_queue(ORDERS_INVENTORY_EVENTS_QUEUE);
+    eventually(WAIT, "five dead letters", || async {
+        h.vhost.ready_messages(&dlq).await == 5
+    })
+    .await;
+    let parked = h.vhost.drain(&dlq).await;
+    let mut reasons: Vec<String> = parked
+        .iter()
+        .map(|m| header(m, retry::REASON_HEADER).unwrap_or_default())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            "malformed_json",
+            "permanent",
+            "retries_exhausted",
+            "unknown_type",
+            "wrong_version"
+        ]
+    );
+    for m in &parked {
+        assert_eq!(
+            header(m, retry::ORIGINAL_EXCHANGE_HEADER).as_deref(),
+            Some(INVENTORY_EXCHANGE)
+        );
+        assert!(
+            header(m, retry::ORIGINAL_ROUTING_KEY_HEADER)
+                .is_some_and(|k| k.starts_with("inventory."))
+        );
+        assert!(header(m, retry::ERROR_HEADER).is_some_and(|e| !e.is_empty()));
+        assert_eq!(
+            header(m, retry::QUEUE_HEADER).as_deref(),
+            Some(ORDERS_INVENTORY_EVENTS_QUEUE)
+        );
+        match header(m, retry::REASON_HEADER).as_deref() {
+            Some("permanent") => {
+                assert!(
+                    header(m, retry::ERROR_HEADER)
+                        .unwrap()
+                        .contains("product does not exist")
+                );
+                assert_eq!(header(m, retry::ATTEMPTS_HEADER).as_deref(), Some("1"));
+            }
+            Some("retries_exhausted") => {
+                assert_eq!(header(m, retry::ATTEMPTS_HEADER).as_deref(), Some("4"));
+                assert_eq!(
+                    header(m, retry::ORIGINAL_ROUTING_KEY_HEADER).as_deref(),
+                    Some("inventory.stock_replenished"),
+                    "the original key survives the retry tiers"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(h.effects().await, 0);
+    assert_eq!(
+        h.vhost.ready_messages(ORDERS_INVENTORY_EVENTS_QUEUE).await,
+        0
+    );
+    let text = h.metrics.encode();
+    assert!(
+        text.contains("test_events_dlq_total{event_type=\"unknown\"} 3"),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_between_publish_and_mark_republishes_and_the_consumer_dedups() {
+    let mut h = Harness::start("crash").await;
+    h.spawn_consumer();
+    let product = Uuid::new_v4();
+    for seq in 0..20 {
+        h.enqueue(product, seq).await;
+    }
+    // Marking fails as if the relay died right after the broker confirmed the batch.
+    sqlx::query(
+        "CREATE FUNCTION refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'relay crashed before marking'; END; $$",
+    )
+    .execute(h.pool())
+    .await
+    .unwrap();
+    sqlx::query("CREATE TRIGGER refuse_mark BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_mark()")
+        .execute(h.pool())
+        .await
+        .unwrap();
+    let relay: OutboxRelay = h.relay();
+    let mut channel = relay.connect().await.expect("relay connects");
+    let crashed = relay.relay_batch(&mut channel).await;
+    assert!(crashed.is_err(), "marking must fail: {crashed:?}");
+    eventually(WAIT, "first copies consumed", || async {
+        h.effects().await == 20
+    })
+    .await;
+    assert_eq!(h.unpublished().await, 20, "nothing was marked");
+
+    sqlx::query("DROP TRIGGER refuse_mark ON outbox")
+        .execute(h.pool())
+        .await
+        .unwrap();
+    let report = relay.relay_batch(&mut channel).await.expect("second batch");
+    assert_eq!(report.published, 20);
+    channel.close().await;
+    eventually(WAIT, "20 duplicates skipped", || async {
+        h.metrics.encode().contains("status=\"duplicate\"} 20")
+    })
+    .await;
+    assert_eq!(h.effects().await, 20, "each event applied once");
+    assert_eq!(h.sequences().await[&product], (0..20).collect::<Vec<_>>());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_force_mid_stream_lose_nothing() {
+    let mut h = Harness::start("fault").await;
+    h.spawn_relay();
+    h.spawn_consumer();
+    let products: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let pool = h.pool().clone();
+    let producer_products = products.clone();
+    let producer = tokio::spawn(async move {
+        for seq in 0..150 {
+            for p in &producer_products {
+                let mut tx = pool.begin().await.unwrap();
+                enqueue_in(&mut tx, *p, seq).await;
+                tx.commit().await.unwrap();
+            }
+        }
+    });
+    eventually(WAIT, "traffic flowing", || async {
+        h.effects().await > 100
+    })
+    .await;
+    // Connections show in the management API a moment after they open.
+    eventually(WAIT, "relay and consumer connections listed", || async {
+        h.vhost
+            .mgmt
+            .connections_named(&h.vhost.name, "test-")
+            .await
+            .len()
+            >= 2
+    })
+    .await;
+    let closed = h.vhost.mgmt.connections_named(&h.vhost.name, "test-").await;
+    for name in &closed {
+        h.vhost.mgmt.close_connection(name).await;
+    }
+    producer.await.unwrap();
+    eventually(WAIT, "all 1200 events applied", || async {
+        h.effects().await >= 1200
+    })
+    .await;
+    let sequences = h.sequences().await;
+    for p in &products {
+        let mut seen = sequences[p].clone();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            (0..150).collect::<Vec<_>>(),
+            "every event of {p} arrived"
+        );
+        assert_eq!(sequences[p].len(), 150, "and none twice");
+    }
+    eventually(WAIT, "outbox drained", || async {
+        h.unpublished().await == 0
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_outbox_lose_nothing_and_keep_aggregate_order() {
+    let mut h = Harness::start("tworelays").await;
+    h.spawn_relay();
+    h.spawn_relay();
+    h.spawn_consumer();
+    let products: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    for seq in 0..100 {
+        for p in &products {
+            h.enqueue(*p, seq).await;
+        }
+    }
+    eventually(WAIT, "500 effects", || async { h.effects().await == 500 }).await;
+    let sequences = h.sequences().await;
+    for p in &products {
+        assert_eq!(sequences[p], (0..100).collect::<Vec<_>>(), "order of {p}");
+    }
+    assert!(
+        !h.metrics.encode().contains("status=\"duplicate\""),
+        "the relays took turns: nothing went out twice"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_after_higher_ids_were_published_is_still_published() {
+    let mut h = Harness::start("late").await;
+    h.spawn_consumer();
+    let relay = h.relay();
+    let mut channel = relay.connect().await.expect("relay connects");
+
+    let mut slow = h.pool().begin().await.unwrap();
+    let late = enqueue_in(&mut slow, Uuid::new_v4(), 1).await; // lower id, not committed yet
+    let early = h.enqueue(Uuid::new_v4(), 2).await; // higher id, committed
+    let report = relay.relay_batch(&mut channel).await.unwrap();
+    assert_eq!(report.published, 1);
+    eventually(WAIT, "early event handled", || async {
+        h.effects_of(early).await == 1
+    })
+    .await;
+
+    slow.commit().await.unwrap();
+    let report = relay.relay_batch(&mut channel).await.unwrap();
+    assert_eq!(
+        report.published, 1,
+        "the late row is found below the published ids"
+    );
+    eventually(WAIT, "late event handled", || async {
+        h.effects_of(late).await == 1
+    })
+    .await;
+    channel.close().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_events_stay_in_the_outbox_and_are_reported() {
+    let h = Harness::start("unroutable").await;
+    let relay = h.relay();
+    let mut channel = relay.connect().await.expect("relay connects");
+    // Nothing is bound for order.* on the inventory exchange.
+    let env = Envelope::new(
+        warren_messaging::Event::OrderCompleted(warren_messaging::events::OrderCompleted {
+            order_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            items: vec![],
+        }),
+        "test-service",
+        "corr-x",
+    );
+    let mut tx = h.pool().begin().await.unwrap();
+    warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let report = relay.relay_batch(&mut channel).await.unwrap();
+    assert_eq!((report.published, report.failed), (0, 1));
+    let (published, error): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("SELECT published_at, last_error FROM outbox WHERE event_id = $1")
+            .bind(env.event_id)
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert!(published.is_none());
+    assert!(error.unwrap_or_default().contains("NO_ROUTE"));
+    // It waits with backoff instead of being hammered.
+    let report = relay.relay_batch(&mut channel).await.unwrap();
+    assert_eq!((report.published, report.failed), (0, 0));
+    assert!(
+        h.metrics
+            .encode()
+            .contains("test_events_publish_errors_total{event_type=\"order.completed\"} 1")
+    );
+    channel.close().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_refuses_to_start_without_its_topology_and_names_what_is_missing() {
+    let h = Harness::start("missing").await;
+    let mut config: ConsumerConfig = h.consumer_config();
+    config.queue = "no.such.queue".into();
+    config.dead_letter_queue = "no.such.queue.dlq".into();
+    let consumer = IdempotentConsumer::new(
+        h.pool().clone(),
+        config,
+        h.handler.clone(),
+        h.metrics.clone(),
+    );
+    let err = tokio::time::timeout(
+        WAIT,
+        consumer.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("fails fast")
+    .expect_err("missing topology is an error");
+    let text = err.to_string();
+    assert!(text.contains("queue 'no.such.queue'"), "{text}");
+    assert!(text.contains("queue 'no.such.queue.retry.1'"), "{text}");
+    h.stop().await;
+}
