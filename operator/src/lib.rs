@@ -1,9 +1,12 @@
 //! Warren's operator and CLI: RabbitMQ topology (exchanges, queues, bindings, policies) declared
 //! as Kubernetes resources or YAML files and reconciled into RabbitMQ by one core.
 
+pub mod cli;
 pub mod crd;
+pub mod manifest;
 pub mod plan;
 pub mod rabbitmq;
+pub mod reconcile;
 pub mod topology;
 
 use std::path::PathBuf;

@@ -1,9 +1,10 @@
 //! The `warren` binary: prints the CRDs and reconciles topology files straight into RabbitMQ.
 //! Everything it does is a thin call into the `warren_operator` library.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use warren_operator::cli::{self, ApplyOptions, Report};
 
 /// Warren: RabbitMQ topology as Kubernetes resources.
 #[derive(Parser)]
@@ -17,11 +18,64 @@ struct Cli {
 enum Command {
     /// Print every CustomResourceDefinition as multi-document YAML (what crds/ holds).
     Crds,
+    /// Reconcile Warren resources from files straight into RabbitMQ (no Kubernetes).
+    ///
+    /// Exit status: 0 when RabbitMQ matches the files, 2 on conflicts or errors.
+    Apply(FileArgs),
+    /// Print what `apply` would do, changing nothing.
+    ///
+    /// Exit status: 0 when converged, 1 when there are changes or conflicts, 2 on errors.
+    Diff(FileArgs),
+    /// Delete from RabbitMQ what the files declare (except `deletionPolicy: retain`).
+    Delete(FileArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+#[derive(Args)]
+struct FileArgs {
+    /// File or directory (read recursively) of YAML documents; repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Delete objects the files no longer hold, in the vhosts the files use.
+    #[arg(long)]
+    prune: bool,
+    /// Put every resource in this vhost instead of its spec.vhost.
+    #[arg(long)]
+    vhost: Option<String>,
+    /// Show unchanged objects too (diff).
+    #[arg(long)]
+    all: bool,
+}
+
+/// Exit status for errors, as `kubectl diff` uses it.
+const EXIT_ERROR: u8 = 2;
+
+fn options(args: &FileArgs) -> Result<ApplyOptions, warren_operator::Error> {
+    let mut options = ApplyOptions::from_env()?;
+    options.prune = args.prune;
+    options.vhost.clone_from(&args.vhost);
+    Ok(options)
+}
+
+fn print_skipped(report: &Report) {
+    for skipped in &report.skipped {
+        eprintln!("skipped (not Warren topology): {skipped}");
+    }
+}
+
+fn fail(error: &warren_operator::Error) -> ExitCode {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    eprintln!("error: {text}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
         Command::Crds => match warren_operator::crd::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -29,8 +83,86 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("error: cannot render the CRDs: {error}");
-                ExitCode::from(2)
+                ExitCode::from(EXIT_ERROR)
             }
         },
+        Command::Apply(args) | Command::Delete(args) if args.all => {
+            eprintln!("error: --all only applies to diff");
+            ExitCode::from(EXIT_ERROR)
+        }
+        Command::Apply(args) => {
+            let options = match options(&args) {
+                Ok(options) => options,
+                Err(error) => return fail(&error),
+            };
+            match cli::apply_with_progress(&args.files, &options, &mut |step| println!("{step}"))
+                .await
+            {
+                Ok(report) => finish(&report),
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Delete(args) => {
+            let options = match options(&args) {
+                Ok(options) => options,
+                Err(error) => return fail(&error),
+            };
+            match cli::delete_with_progress(&args.files, &options, &mut |step| println!("{step}"))
+                .await
+            {
+                Ok(report) => finish(&report),
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Diff(args) => {
+            let options = match options(&args) {
+                Ok(options) => options,
+                Err(error) => return fail(&error),
+            };
+            match cli::diff(&args.files, &options).await {
+                Ok(report) => {
+                    print_skipped(&report);
+                    for step in report
+                        .steps
+                        .iter()
+                        .filter(|s| args.all || s.action.changes_rabbitmq() || s.is_conflict())
+                    {
+                        println!("{step}");
+                    }
+                    println!("{}", report.summary());
+                    if report.is_converged() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(error) => fail(&error),
+            }
+        }
     }
+}
+
+fn finish(report: &Report) -> ExitCode {
+    print_skipped(report);
+    println!("{}", report.summary());
+    if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    runtime.block_on(run(cli.command))
 }
