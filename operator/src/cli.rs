@@ -138,7 +138,7 @@ impl fmt::Display for Step {
                 };
                 write!(f, "{sign} {broker}: {action}")
             }
-            (StepResult::Failed(error), action) => write!(f, "FAILED {broker}: {action}: {error}"),
+            (StepResult::Failed(error), action) => write!(f, "{broker}: FAILED {action}: {error}"),
             (StepResult::Outcome(Outcome::Conflict(reason)), action) => {
                 let object = match action {
                     Action::Create(o) | Action::Unchanged(o) | Action::Retain(o) => o.to_string(),
@@ -147,26 +147,26 @@ impl fmt::Display for Step {
                     }
                     Action::Delete(existing) => existing.to_string(),
                 };
-                write!(f, "CONFLICT {broker}: {object}: {reason}")
+                write!(f, "{broker}: CONFLICT {object}: {reason}")
             }
-            (StepResult::Outcome(_), Action::Create(o)) => write!(f, "created {broker}: {o}"),
+            (StepResult::Outcome(_), Action::Create(o)) => write!(f, "{broker}: created {o}"),
             (
                 StepResult::Outcome(_),
                 Action::Update {
                     desired, changes, ..
                 },
             ) => {
-                write!(f, "updated {broker}: {desired}: {}", changes.join("; "))
+                write!(f, "{broker}: updated {desired}: {}", changes.join("; "))
             }
             (StepResult::Outcome(_), Action::Delete(existing)) => {
-                write!(f, "deleted {broker}: {existing}")
+                write!(f, "{broker}: deleted {existing}")
             }
             (StepResult::Outcome(_), Action::Retain(o)) => {
-                write!(f, "retained {broker}: {o} (deletionPolicy: retain)")
+                write!(f, "{broker}: retained {o} (deletionPolicy: retain)")
             }
-            (StepResult::Outcome(_), Action::Unchanged(o)) => write!(f, "unchanged {broker}: {o}"),
+            (StepResult::Outcome(_), Action::Unchanged(o)) => write!(f, "{broker}: unchanged {o}"),
             (StepResult::Outcome(_), Action::Conflict { desired, reason }) => {
-                write!(f, "CONFLICT {broker}: {desired}: {reason}")
+                write!(f, "{broker}: CONFLICT {desired}: {reason}")
             }
         }
     }
