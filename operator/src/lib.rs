@@ -2,6 +2,7 @@
 //! as Kubernetes resources or YAML files and reconciled into RabbitMQ by one core.
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod manifest;
 pub mod plan;
@@ -81,6 +82,52 @@ pub enum Error {
         /// Broker (management URL) it is missing on.
         broker: String,
     },
+    /// A call to the Kubernetes API server failed (controllers only).
+    #[error("Kubernetes API: {action}")]
+    Kube {
+        /// What Warren was doing, e.g. `patch status of Queue ns/name`.
+        action: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or removing Warren's finalizer failed, or the apply/cleanup behind it did.
+    #[error("finalizer")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The Broker a resource names does not exist in its namespace.
+    #[error("Broker {namespace}/{name} not found")]
+    BrokerNotFound {
+        /// Namespace searched.
+        namespace: String,
+        /// Broker name from `spec.brokerRef.name`.
+        name: String,
+    },
+    /// A resource's spec cannot be declared as written (the API server's schema let it through).
+    #[error("{resource}: {field}: {message}")]
+    InvalidSpec {
+        /// `Kind namespace/name`.
+        resource: String,
+        /// Offending field, e.g. `spec.deliveryLimit`.
+        field: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+    /// Warren's CRDs are not installed in the cluster.
+    #[error(
+        "CRD {crd} not found: install the CRDs first (kubectl apply -f crds/ or helm install warren charts/warren)"
+    )]
+    CrdMissing {
+        /// Name of the missing CustomResourceDefinition, e.g. `queues.warren.dev`.
+        crd: String,
+    },
+    /// Another replica took the leader Lease; this one stops reconciling.
+    #[error("lost the leader Lease {lease} to {holder}")]
+    LeadershipLost {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// Identity of the new holder (or `nobody` when renewal timed out).
+        holder: String,
+    },
 }
 
 impl Error {
@@ -95,6 +142,12 @@ impl Error {
             Error::Manifest { .. } => "invalid_manifest",
             Error::Topology(_) => "invalid_topology",
             Error::VhostMissing { .. } => "vhost_missing",
+            Error::Kube { .. } => "kubernetes",
+            Error::Finalizer(_) => "finalizer",
+            Error::BrokerNotFound { .. } => "broker_not_found",
+            Error::InvalidSpec { .. } => "invalid_spec",
+            Error::CrdMissing { .. } => "crd_missing",
+            Error::LeadershipLost { .. } => "leadership_lost",
         }
     }
 

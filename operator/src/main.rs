@@ -28,6 +28,8 @@ enum Command {
     Diff(FileArgs),
     /// Delete from RabbitMQ what the files declare (except `deletionPolicy: retain`).
     Delete(FileArgs),
+    /// Run the controllers in a cluster (leader election, /metrics, /healthz, /readyz).
+    Operator(warren_operator::controller::OperatorArgs),
 }
 
 #[derive(Args)]
@@ -76,6 +78,10 @@ fn fail(error: &warren_operator::Error) -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
+        Command::Operator(args) => match warren_operator::controller::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        },
         Command::Crds => match warren_operator::crd::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

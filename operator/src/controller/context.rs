@@ -1,0 +1,99 @@
+//! What every reconcile shares: the Kubernetes client, the broker connector, metrics, the Event
+//! recorder and the timing settings, plus per-object failure counts for the error backoff.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use super::REPORTING_CONTROLLER;
+use super::connect::BrokerConnector;
+use super::metrics::Metrics;
+
+/// Timing of the controllers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Periodic re-read of RabbitMQ to catch drift made behind Warren's back.
+    pub resync: Duration,
+    /// First retry after a transient failure; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest wait between retries.
+    pub backoff_max: Duration,
+    /// How long cleanup keeps retrying an unreachable broker before it gives up and removes the
+    /// finalizer anyway, so a dead broker never leaves a namespace stuck in Terminating.
+    pub cleanup_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            resync: Duration::from_secs(60),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            cleanup_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Shared state of all controllers.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Builds management API clients from Broker connections.
+    pub connector: Arc<dyn BrokerConnector>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Timing.
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context whose Events name `instance` (the pod name) as the reporting instance.
+    pub fn new(
+        client: Client,
+        connector: Arc<dyn BrokerConnector>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: REPORTING_CONTROLLER.to_owned(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            connector,
+            metrics,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records one more consecutive failure of `key` and returns how long to wait before retrying.
+    pub fn next_backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(key.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        let factor = 2u32.saturating_pow(count.saturating_sub(1).min(16));
+        self.settings
+            .backoff_base
+            .saturating_mul(factor)
+            .min(self.settings.backoff_max)
+    }
+
+    /// Forgets `key`'s failures after a successful reconcile.
+    pub fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}

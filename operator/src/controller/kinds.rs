@@ -1,0 +1,234 @@
+//! What the generic topology controller needs to know about each kind: its broker, the RabbitMQ
+//! object it declares (validated for apply, as-is for cleanup), its deletion policy and its status.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Resource;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::crd::{
+    Binding, BrokerRef, DeletionPolicy, Exchange, Policy, Queue, QueueStatus, TopologyStatus,
+};
+use crate::plan::{Object, Observed};
+use crate::rabbitmq::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
+use crate::topology::{self, FieldError};
+
+/// A Warren kind that stands for one RabbitMQ object.
+pub trait TopologyKind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The Broker (same namespace) the object lives on.
+    fn broker_ref(&self) -> &BrokerRef;
+
+    /// The object as the spec declares it, after the checks the schema cannot make.
+    fn desired(&self) -> Result<Object, FieldError>;
+
+    /// The object's identity for deletion, without validation: a spec that never passed
+    /// validation must not block finalizer removal.
+    fn identity(&self) -> Object;
+
+    /// What deleting the resource does in RabbitMQ.
+    fn deletion_policy(&self) -> DeletionPolicy {
+        DeletionPolicy::Delete
+    }
+
+    /// Current conditions (empty before the first status).
+    fn conditions(&self) -> &[Condition];
+
+    /// The whole status Warren applies: conditions plus what it read back from RabbitMQ.
+    fn status(
+        &self,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+        observed: Option<&Observed>,
+    ) -> Value;
+}
+
+fn topology_status(conditions: Vec<Condition>, generation: Option<i64>) -> Value {
+    serde_json::to_value(TopologyStatus {
+        observed_generation: generation,
+        conditions,
+    })
+    .unwrap_or(Value::Null)
+}
+
+impl TopologyKind for Exchange {
+    fn broker_ref(&self) -> &BrokerRef {
+        &self.spec.broker_ref
+    }
+
+    fn desired(&self) -> Result<Object, FieldError> {
+        topology::exchange_def(&self.spec).map(Object::Exchange)
+    }
+
+    fn identity(&self) -> Object {
+        Object::Exchange(ExchangeDef {
+            vhost: self.spec.vhost.clone(),
+            name: self.spec.name.clone(),
+            exchange_type: self.spec.exchange_type.as_str().to_owned(),
+            durable: self.spec.durable,
+            auto_delete: self.spec.auto_delete,
+            internal: self.spec.internal,
+            arguments: self.spec.arguments.clone().unwrap_or_default(),
+        })
+    }
+
+    fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec.deletion_policy
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[][..], |s| s.conditions.as_slice())
+    }
+
+    fn status(
+        &self,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+        _: Option<&Observed>,
+    ) -> Value {
+        topology_status(conditions, generation)
+    }
+}
+
+impl TopologyKind for Queue {
+    fn broker_ref(&self) -> &BrokerRef {
+        &self.spec.broker_ref
+    }
+
+    fn desired(&self) -> Result<Object, FieldError> {
+        topology::queue_def(&self.spec).map(Object::Queue)
+    }
+
+    fn identity(&self) -> Object {
+        // Deletion goes by vhost and name; the arguments only matter when they validate.
+        topology::queue_def(&self.spec).map_or_else(
+            |_| {
+                Object::Queue(QueueDef {
+                    vhost: self.spec.vhost.clone(),
+                    name: self.spec.name.clone(),
+                    queue_type: self.spec.queue_type.as_str().to_owned(),
+                    durable: self.spec.durable,
+                    auto_delete: self.spec.auto_delete,
+                    arguments: Default::default(),
+                })
+            },
+            Object::Queue,
+        )
+    }
+
+    fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec.deletion_policy
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[][..], |s| s.conditions.as_slice())
+    }
+
+    /// Counters come from RabbitMQ; absent ones (no stats emitted yet) stay absent, not zero.
+    fn status(
+        &self,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+        observed: Option<&Observed>,
+    ) -> Value {
+        let live = observed.and_then(|o| {
+            o.queues.iter().find(|q| {
+                q.definition.vhost == self.spec.vhost && q.definition.name == self.spec.name
+            })
+        });
+        serde_json::to_value(QueueStatus {
+            observed_generation: generation,
+            conditions,
+            messages: live.and_then(|q| q.messages),
+            consumers: live.and_then(|q| q.consumers),
+        })
+        .unwrap_or(Value::Null)
+    }
+}
+
+impl TopologyKind for Binding {
+    fn broker_ref(&self) -> &BrokerRef {
+        &self.spec.broker_ref
+    }
+
+    fn desired(&self) -> Result<Object, FieldError> {
+        topology::binding_def(&self.spec).map(Object::Binding)
+    }
+
+    fn identity(&self) -> Object {
+        Object::Binding(BindingDef {
+            vhost: self.spec.vhost.clone(),
+            source: self.spec.source.clone(),
+            destination: self.spec.destination.clone(),
+            destination_type: self.spec.destination_type,
+            routing_key: self.spec.routing_key.clone(),
+            arguments: self.spec.arguments.clone().unwrap_or_default(),
+        })
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[][..], |s| s.conditions.as_slice())
+    }
+
+    fn status(
+        &self,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+        _: Option<&Observed>,
+    ) -> Value {
+        topology_status(conditions, generation)
+    }
+}
+
+impl TopologyKind for Policy {
+    fn broker_ref(&self) -> &BrokerRef {
+        &self.spec.broker_ref
+    }
+
+    fn desired(&self) -> Result<Object, FieldError> {
+        topology::policy_def(&self.spec).map(Object::Policy)
+    }
+
+    fn identity(&self) -> Object {
+        Object::Policy(PolicyDef {
+            vhost: self.spec.vhost.clone(),
+            name: self.spec.name.clone(),
+            pattern: self.spec.pattern.clone(),
+            apply_to: self.spec.apply_to.as_str().to_owned(),
+            priority: self.spec.priority,
+            definition: self.spec.definition.clone(),
+        })
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[][..], |s| s.conditions.as_slice())
+    }
+
+    fn status(
+        &self,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+        _: Option<&Observed>,
+    ) -> Value {
+        topology_status(conditions, generation)
+    }
+}

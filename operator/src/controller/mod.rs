@@ -1,0 +1,35 @@
+//! The Kubernetes side of Warren: one kube-runtime controller per kind, driving the same reconcile
+//! core as the CLI. `warren operator` ([`run`]) adds leader election, metrics, health and shutdown.
+//!
+//! Pipeline of a topology reconcile (see [`topology`]): dereference the Broker and its Secret →
+//! validate the spec → read the one RabbitMQ object back → plan → carry out → status and Events.
+
+mod broker;
+mod connect;
+mod context;
+mod events;
+mod kinds;
+pub mod leader;
+mod metrics;
+mod operator;
+mod server;
+mod status;
+mod topology;
+
+pub use broker::reconcile_broker;
+pub use connect::{BrokerConnector, HttpConnector, broker_connection};
+pub use context::{Context, Settings};
+pub use kinds::TopologyKind;
+pub use metrics::Metrics;
+pub use operator::{OperatorArgs, run};
+pub use server::{Probes, router};
+pub use topology::{error_policy, observe_one, reconcile};
+
+/// Finalizer Warren puts on every topology resource so deleting it deletes the RabbitMQ object.
+pub const FINALIZER: &str = "warren.dev/cleanup";
+
+/// Field manager of Warren's server-side applies (status) — visible in `managedFields`.
+pub const FIELD_MANAGER: &str = "warren-operator";
+
+/// `reportingController` of Warren's Events.
+pub const REPORTING_CONTROLLER: &str = "warren.dev/operator";

@@ -1,0 +1,503 @@
+//! `warren operator`: checks the CRDs, serves metrics and probes, waits for the leader Lease, then
+//! runs one controller per kind and watched namespace until SIGTERM or until leadership is lost.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use kube::api::ListParams;
+use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::connect::HttpConnector;
+use super::context::{Context, Settings};
+use super::kinds::TopologyKind;
+use super::leader::{LeaderElector, Leadership};
+use super::metrics::Metrics;
+use super::server::{Probes, router};
+use super::{broker, topology};
+use crate::crd::{Binding, Broker, DestinationType, Exchange, Policy, Queue};
+use crate::{Error, Result};
+
+/// Flags of `warren operator` (each also readable from the environment, as the chart sets them).
+#[derive(clap::Args, Clone, Debug)]
+pub struct OperatorArgs {
+    /// Namespaces to watch, comma-separated; every namespace when not set.
+    #[arg(
+        long = "namespace",
+        env = "WARREN_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Port of /metrics, /healthz and /readyz.
+    #[arg(long, env = "WARREN_HTTP_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Elect a leader through a Lease so only one replica reconciles.
+    #[arg(long, env = "WARREN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "WARREN_LEASE_NAME", default_value = "warren-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (the chart passes the pod's namespace).
+    #[arg(long, env = "WARREN_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Seconds a silent leader keeps the Lease.
+    #[arg(long, env = "WARREN_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Seconds between periodic re-reads of RabbitMQ (drift detection).
+    #[arg(long, env = "WARREN_RESYNC_SECONDS", default_value_t = 60)]
+    pub resync_seconds: u64,
+    /// Seconds cleanup retries an unreachable broker before removing the finalizer anyway.
+    #[arg(long, env = "WARREN_CLEANUP_GRACE_SECONDS", default_value_t = 600)]
+    pub cleanup_grace_seconds: u64,
+    /// Reconciles run at once per controller.
+    #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+}
+
+/// Runs the operator until SIGTERM (Ok) or a fatal error (missing CRDs, lost leadership).
+pub async fn run(args: OperatorArgs) -> Result<()> {
+    init_logging();
+    let client = Client::try_default().await.map_err(|source| Error::Kube {
+        action: "connect to the API server (in-cluster service account or KUBECONFIG)".to_owned(),
+        source,
+    })?;
+    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces
+            .iter()
+            .map(|ns| ns.trim().to_owned())
+            .filter(|ns| !ns.is_empty())
+            .map(Some)
+            .collect()
+    };
+    check_crds(&client, &scopes).await?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let probes = Probes::new(Arc::new(registry));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port))
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on port {}: {e}", args.port)))?;
+    let server = tokio::spawn(
+        axum::serve(listener, router(probes.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    // A standby replica is ready too: it serves metrics and takes over when the leader goes.
+    probes.set_ready(true);
+
+    let identity = identity();
+    let settings = Settings {
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(HttpConnector),
+        metrics.clone(),
+        settings,
+        Some(identity.clone()),
+    ));
+    tracing::info!(
+        namespaces = ?args.namespaces,
+        leader_elect = args.leader_elect,
+        identity = %identity,
+        "warren operator starting"
+    );
+    let result = if args.leader_elect {
+        let elector = LeaderElector::new(
+            client,
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds.max(3)),
+        );
+        lead(elector, ctx, &scopes, args.concurrency, &shutdown).await
+    } else {
+        metrics.set_leader(true);
+        run_controllers(ctx, &scopes, args.concurrency, shutdown.clone()).await;
+        Ok(())
+    };
+    shutdown.cancel();
+    if let Ok(Err(error)) = server.await {
+        tracing::warn!(error = %error, "metrics server stopped with an error");
+    }
+    tracing::info!("warren operator stopped");
+    result
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails only when a subscriber is already installed (tests), which is fine.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .try_init();
+}
+
+/// Pod name from the downward API, else the host name: unique per replica, shown in Events.
+fn identity() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("warren-{}", std::process::id()))
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM; only Ctrl+C stops");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested: finishing running reconciles");
+    shutdown.cancel();
+}
+
+/// Fails with an install hint unless every Warren CRD is served (a 404 on listing a kind).
+async fn check_crds(client: &Client, scopes: &[Option<String>]) -> Result<()> {
+    for scope in scopes {
+        check_crd::<Broker>(client, scope).await?;
+        check_crd::<Exchange>(client, scope).await?;
+        check_crd::<Queue>(client, scope).await?;
+        check_crd::<Binding>(client, scope).await?;
+        check_crd::<Policy>(client, scope).await?;
+    }
+    Ok(())
+}
+
+async fn check_crd<K: TopologyCrd>(client: &Client, scope: &Option<String>) -> Result<()> {
+    let crd = format!("{}.{}", K::plural(&()), K::group(&()));
+    match scoped::<K>(client, scope)
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::CrdMissing { crd }),
+        Err(source) => Err(Error::Kube {
+            action: format!(
+                "list {crd} in {}",
+                scope.as_deref().unwrap_or("all namespaces")
+            ),
+            source,
+        }),
+    }
+}
+
+/// Every Warren kind, as the generic helpers here need it.
+trait TopologyCrd:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> TopologyCrd for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+fn scoped<K: TopologyCrd>(client: &Client, scope: &Option<String>) -> Api<K> {
+    match scope {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Waits for the Lease, runs the controllers while renewing it, and stops them if it is lost.
+async fn lead(
+    mut elector: LeaderElector,
+    ctx: Arc<Context>,
+    scopes: &[Option<String>],
+    concurrency: u16,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let retry = elector.duration() / 3;
+    // client-go's renew deadline: give up well before the Lease could pass to someone else.
+    let renew_deadline = elector.duration() * 2 / 3;
+    let mut last_holder = None;
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(Leadership::Leading) => break,
+            Ok(Leadership::Following(holder)) => {
+                if last_holder.as_ref() != Some(&holder) {
+                    tracing::info!(lease = %elector.lease(), holder = %holder, "standing by: another replica leads");
+                    last_holder = Some(holder);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %topology::error_chain(&error), "leader election round failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    tracing::info!(lease = %elector.lease(), "acquired the leader Lease: reconciling");
+    ctx.metrics.set_leader(true);
+    let stop = shutdown.child_token();
+    let controllers = run_controllers(ctx.clone(), scopes, concurrency, stop.clone());
+    tokio::pin!(controllers);
+    let mut last_renewal = Instant::now();
+    let outcome = loop {
+        tokio::select! {
+            () = &mut controllers => break Ok(()),
+            _ = tokio::time::sleep(retry) => {}
+        }
+        match elector.try_acquire_or_renew().await {
+            Ok(Leadership::Leading) => last_renewal = Instant::now(),
+            Ok(Leadership::Following(holder)) => {
+                break Err(Error::LeadershipLost {
+                    lease: elector.lease(),
+                    holder,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(error = %topology::error_chain(&error), "cannot renew the leader Lease");
+                if last_renewal.elapsed() >= renew_deadline {
+                    break Err(Error::LeadershipLost {
+                        lease: elector.lease(),
+                        holder: "nobody (renewal kept failing)".to_owned(),
+                    });
+                }
+            }
+        }
+    };
+    if outcome.is_err() {
+        // Stop reconciling at once; running reconciles finish, nothing new starts.
+        stop.cancel();
+        controllers.await;
+    }
+    ctx.metrics.set_leader(false);
+    if outcome.is_ok()
+        && let Err(error) = elector.release().await
+    {
+        tracing::warn!(error = %topology::error_chain(&error), "cannot release the leader Lease");
+    }
+    outcome
+}
+
+/// Runs every controller for every scope until `stop` is cancelled.
+pub(super) async fn run_controllers(
+    ctx: Arc<Context>,
+    scopes: &[Option<String>],
+    concurrency: u16,
+    stop: CancellationToken,
+) {
+    let config = ControllerConfig::default().concurrency(concurrency);
+    let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
+    for scope in scopes {
+        let client = &ctx.client;
+        controllers.push(
+            drain(
+                "Broker",
+                Controller::new(
+                    scoped::<Broker>(client, scope),
+                    watcher::Config::default().any_semantic(),
+                )
+                .with_config(config.clone())
+                .graceful_shutdown_on(stop.clone().cancelled_owned())
+                .run(
+                    broker::reconcile_broker,
+                    topology::error_policy::<Broker>,
+                    ctx.clone(),
+                ),
+            )
+            .boxed(),
+        );
+        controllers.push(topology_controller::<Exchange>(
+            &ctx,
+            scope,
+            &config,
+            &stop,
+            |c, _, _| c,
+        ));
+        controllers.push(topology_controller::<Queue>(
+            &ctx,
+            scope,
+            &config,
+            &stop,
+            |c, _, _| c,
+        ));
+        controllers.push(topology_controller::<Policy>(
+            &ctx,
+            scope,
+            &config,
+            &stop,
+            |c, _, _| c,
+        ));
+        controllers.push(topology_controller::<Binding>(
+            &ctx,
+            scope,
+            &config,
+            &stop,
+            binding_watches,
+        ));
+    }
+    futures::future::join_all(controllers).await;
+}
+
+/// A topology controller that re-queues its resources when their Broker changes; `extra` adds
+/// kind-specific watches (a Binding watches its Exchange and Queue).
+fn topology_controller<K: TopologyKind>(
+    ctx: &Arc<Context>,
+    scope: &Option<String>,
+    config: &ControllerConfig,
+    stop: &CancellationToken,
+    extra: impl FnOnce(Controller<K>, &Client, &Option<String>) -> Controller<K>,
+) -> BoxFuture<'static, ()> {
+    let client = &ctx.client;
+    let controller = Controller::new(
+        scoped::<K>(client, scope),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    let controller = controller.watches(
+        scoped::<Broker>(client, scope),
+        watcher::Config::default().any_semantic(),
+        move |broker: Broker| on_broker(&store, &broker),
+    );
+    let kind = K::kind(&()).into_owned();
+    drain(
+        kind,
+        extra(controller, client, scope)
+            .with_config(config.clone())
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(
+                topology::reconcile::<K>,
+                topology::error_policy::<K>,
+                ctx.clone(),
+            ),
+    )
+    .boxed()
+}
+
+/// Resources of `store` that name `broker`.
+fn on_broker<K: TopologyKind>(store: &Store<K>, broker: &Broker) -> Vec<ObjectRef<K>> {
+    let namespace = broker.namespace();
+    let name = broker.name_any();
+    store
+        .state_filter(|object| object.namespace() == namespace && object.broker_ref().name == name)
+        .iter()
+        .map(|object| ObjectRef::from_obj(object.as_ref()))
+        .collect()
+}
+
+fn binding_watches(
+    controller: Controller<Binding>,
+    client: &Client,
+    scope: &Option<String>,
+) -> Controller<Binding> {
+    let for_exchanges = controller.store();
+    let for_queues = controller.store();
+    controller
+        .watches(
+            scoped::<Exchange>(client, scope),
+            watcher::Config::default().any_semantic(),
+            move |exchange: Exchange| bindings_of_exchange(&for_exchanges, &exchange),
+        )
+        .watches(
+            scoped::<Queue>(client, scope),
+            watcher::Config::default().any_semantic(),
+            move |queue: Queue| bindings_of_queue(&for_queues, &queue),
+        )
+}
+
+/// Bindings whose source (or exchange destination) is `exchange`.
+pub(super) fn bindings_of_exchange(
+    store: &Store<Binding>,
+    exchange: &Exchange,
+) -> Vec<ObjectRef<Binding>> {
+    let spec = &exchange.spec;
+    store
+        .state_filter(|binding| {
+            let b = &binding.spec;
+            binding.namespace() == exchange.namespace()
+                && b.broker_ref == spec.broker_ref
+                && b.vhost == spec.vhost
+                && (b.source == spec.name
+                    || (b.destination_type == DestinationType::Exchange
+                        && b.destination == spec.name))
+        })
+        .iter()
+        .map(|binding| ObjectRef::from_obj(binding.as_ref()))
+        .collect()
+}
+
+/// Bindings whose destination is `queue`.
+pub(super) fn bindings_of_queue(store: &Store<Binding>, queue: &Queue) -> Vec<ObjectRef<Binding>> {
+    let spec = &queue.spec;
+    store
+        .state_filter(|binding| {
+            let b = &binding.spec;
+            binding.namespace() == queue.namespace()
+                && b.broker_ref == spec.broker_ref
+                && b.vhost == spec.vhost
+                && b.destination_type == DestinationType::Queue
+                && b.destination == spec.name
+        })
+        .iter()
+        .map(|binding| ObjectRef::from_obj(binding.as_ref()))
+        .collect()
+}
+
+/// Consumes a controller's result stream; reconcile failures were logged by the error policy,
+/// so only the controller's own trouble (watch errors, e.g. missing RBAC) is logged here.
+fn drain<K, S>(kind: impl Into<String>, results: S) -> impl Future<Output = ()> + Send + 'static
+where
+    K: Resource + 'static,
+    S: futures::Stream<
+            Item = std::result::Result<
+                (ObjectRef<K>, kube::runtime::controller::Action),
+                ControllerError<Error, watcher::Error>,
+            >,
+        > + Send
+        + 'static,
+{
+    let kind = kind.into();
+    results.for_each(move |result| {
+        if let Err(error) = result
+            && !matches!(error, ControllerError::ReconcilerFailed(..))
+        {
+            tracing::warn!(kind = %kind, error = %topology::error_chain(&error), "controller trouble");
+        }
+        futures::future::ready(())
+    })
+}
