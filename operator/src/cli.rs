@@ -17,6 +17,8 @@ use std::{
     time::Duration,
 };
 
+pub mod export;
+
 use crate::crd::{Broker, DeletionPolicy};
 use crate::manifest::{self, Manifest, Resource};
 use crate::plan::{self, Action, Desired, Object};
@@ -269,15 +271,23 @@ fn connection_for(
             )));
         }
     };
+    connection(&url, options).map_err(|error| match error {
+        Error::Config(text) => Error::Config(format!("Broker {broker_name:?}: {text}")),
+        other => other,
+    })
+}
+
+/// How to reach the management API at `url` with the credentials and TLS material of `options`.
+pub fn connection(url: &str, options: &ApplyOptions) -> Result<BrokerConnection> {
     let credentials = match &options.credentials {
         Some(credentials) => credentials.clone(),
-        None if is_loopback(&url) => Credentials {
+        None if is_loopback(url) => Credentials {
             username: "guest".to_owned(),
             password: "guest".to_owned(),
         },
         None => {
             return Err(Error::Config(format!(
-                "Broker {broker_name:?} at {url}: set {ENV_USERNAME} and {ENV_PASSWORD} (guest/guest is only assumed for localhost)"
+                "{url}: set {ENV_USERNAME} and {ENV_PASSWORD} (guest/guest is only assumed for localhost)"
             )));
         }
     };
@@ -433,8 +443,8 @@ enum Mode {
     Delete,
 }
 
-/// The error and its causes on one line: the top-level message alone hides RabbitMQ's text.
-fn error_chain(error: &Error) -> String {
+/// The error and its causes on one line: the top-level message alone hides the network's text.
+pub fn error_chain(error: &Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -483,6 +493,18 @@ async fn run(
         }
     }
     Ok(report)
+}
+
+/// Writes the topology of `vhost` at `management_url` as Warren resources (a Broker named
+/// `broker` first), ready for `apply`.
+pub async fn export(
+    management_url: &str,
+    broker: &str,
+    vhost: &str,
+    options: &ApplyOptions,
+) -> Result<String> {
+    let api = HttpManagementApi::new(&connection(management_url, options)?)?;
+    export::export_yaml(&api, api.base_url(), broker, vhost).await
 }
 
 /// Reconciles the resources in `paths` (files or directories) into their brokers.

@@ -28,6 +28,8 @@ enum Command {
     Diff(FileArgs),
     /// Delete from RabbitMQ what the files declare (except `deletionPolicy: retain`).
     Delete(FileArgs),
+    /// Write a live vhost's topology as Warren resources (multi-document YAML on stdout).
+    Export(ExportArgs),
     /// Run the controllers in a cluster (leader election, /metrics, /healthz, /readyz).
     Operator(warren_operator::controller::OperatorArgs),
 }
@@ -48,6 +50,23 @@ struct FileArgs {
     all: bool,
 }
 
+#[derive(Args)]
+struct ExportArgs {
+    /// Management API of the broker to read.
+    #[arg(
+        long,
+        env = "WARREN_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    management_url: String,
+    /// Virtual host to export.
+    #[arg(long, default_value = "/")]
+    vhost: String,
+    /// Name of the Broker resource the exported objects refer to.
+    #[arg(long, default_value = "local")]
+    broker: String,
+}
+
 /// Exit status for errors, as `kubectl diff` uses it.
 const EXIT_ERROR: u8 = 2;
 
@@ -65,14 +84,7 @@ fn print_skipped(report: &Report) {
 }
 
 fn fail(error: &warren_operator::Error) -> ExitCode {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    eprintln!("error: {text}");
+    eprintln!("error: {}", cli::error_chain(error));
     ExitCode::from(EXIT_ERROR)
 }
 
@@ -117,6 +129,21 @@ async fn run(command: Command) -> ExitCode {
                 .await
             {
                 Ok(report) => finish(&report),
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Export(args) => {
+            let exported = match ApplyOptions::from_env() {
+                Ok(options) => {
+                    cli::export(&args.management_url, &args.broker, &args.vhost, &options).await
+                }
+                Err(error) => Err(error),
+            };
+            match exported {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
                 Err(error) => fail(&error),
             }
         }

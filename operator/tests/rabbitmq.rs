@@ -105,7 +105,6 @@ impl Drop for Sandbox {
         });
         let _ = cleanup.join();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = &self.api;
     }
 }
 
@@ -516,5 +515,63 @@ async fn invalid_files_name_the_file_the_resource_and_the_field() {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .is_none()
+    );
+}
+
+/// Runs the `warren` binary; returns its exit status and stdout.
+fn warren(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run warren: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[tokio::test]
+async fn the_warren_command_exits_like_kubectl_diff_and_export_round_trips() {
+    let sandbox = Sandbox::new("binary").await;
+    let topology = topology_dir();
+    let topology = topology.to_string_lossy();
+    let vhost = sandbox.vhost.as_str();
+
+    let (status, stdout, _) = warren(&["diff", "-f", &topology, "--vhost", vhost]);
+    assert_eq!(status, 1, "changes pending: {stdout}");
+    assert!(
+        stdout.contains("+ local: create queue \"orders.inventory_events.retry.4\""),
+        "{stdout}"
+    );
+
+    let (status, stdout, stderr) = warren(&["apply", "-f", &topology, "--vhost", vhost]);
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("local: created exchange \"warren.dlx\""),
+        "{stdout}"
+    );
+
+    let (status, stdout, _) = warren(&["diff", "-f", &topology, "--vhost", vhost]);
+    assert_eq!(status, 0, "converged: {stdout}");
+
+    // Exported YAML, applied back to the same vhost, is already converged.
+    let (status, exported, stderr) = warren(&["export", "--vhost", vhost]);
+    assert_eq!(status, 0, "{stderr}");
+    let file = sandbox.dir.join("exported.yaml");
+    std::fs::write(&file, &exported).unwrap_or_else(|e| panic!("{e}"));
+    let file = file.to_string_lossy();
+    let (status, stdout, stderr) = warren(&["diff", "-f", &file, "--vhost", vhost, "--prune"]);
+    assert_eq!(status, 0, "{stdout}{stderr}\n{exported}");
+
+    let broken = sandbox.dir.join("broken.yaml");
+    std::fs::write(
+        &broken,
+        format!("{BROKER}{}", queue("q", "  messageTTL: 5\n")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (status, _, stderr) = warren(&["apply", "-f", &broken.to_string_lossy(), "--vhost", vhost]);
+    assert_eq!(status, 2);
+    assert!(
+        stderr.contains("broken.yaml: Queue/q: spec.messageTTL: unknown field"),
+        "{stderr}"
     );
 }

@@ -82,8 +82,8 @@ fn properties_key(binding: &BindingDef) -> String {
     if binding.arguments.is_empty() {
         key
     } else {
-        // RabbitMQ hashes the arguments; any stable text distinguishes them as well.
-        format!("{key}~{}", render_arguments(&binding.arguments).len())
+        // RabbitMQ hashes the arguments; their text distinguishes them as well.
+        format!("{key}~{}", render_arguments(&binding.arguments))
     }
 }
 
