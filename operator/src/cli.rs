@@ -19,7 +19,7 @@ use std::{
 
 pub mod export;
 
-use crate::crd::{Broker, DeletionPolicy};
+use crate::crd::{BindingSpec, Broker, DeletionPolicy, ExchangeSpec, PolicySpec, QueueSpec};
 use crate::manifest::{self, Manifest, Resource};
 use crate::plan::{self, Action, Desired, Object};
 use crate::rabbitmq::{BrokerConnection, Credentials, HttpManagementApi, ManagementApi};
@@ -311,6 +311,67 @@ fn field(manifest: &Manifest) -> impl Fn(FieldError) -> Error + '_ {
     move |e| manifest.error(&e.field, e.message)
 }
 
+/// The RabbitMQ object a topology resource stands for, with its broker and deletion policy
+/// (`None` for a Broker, which declares nothing).
+fn desired_object(
+    manifest: &Manifest,
+    options: &ApplyOptions,
+) -> Result<Option<(String, Object, DeletionPolicy)>> {
+    let vhost = |spec_vhost: &String| options.vhost.clone().unwrap_or_else(|| spec_vhost.clone());
+    let desired = match &manifest.resource {
+        Resource::Broker(_) => return Ok(None),
+        Resource::Exchange(r) => {
+            let spec = ExchangeSpec {
+                vhost: vhost(&r.spec.vhost),
+                ..r.spec.clone()
+            };
+            let def = topology::exchange_def(&spec).map_err(field(manifest))?;
+            (
+                spec.broker_ref.name,
+                Object::Exchange(def),
+                spec.deletion_policy,
+            )
+        }
+        Resource::Queue(r) => {
+            let spec = QueueSpec {
+                vhost: vhost(&r.spec.vhost),
+                ..r.spec.clone()
+            };
+            let def = topology::queue_def(&spec).map_err(field(manifest))?;
+            (
+                spec.broker_ref.name,
+                Object::Queue(def),
+                spec.deletion_policy,
+            )
+        }
+        Resource::Binding(r) => {
+            let spec = BindingSpec {
+                vhost: vhost(&r.spec.vhost),
+                ..r.spec.clone()
+            };
+            let def = topology::binding_def(&spec).map_err(field(manifest))?;
+            (
+                spec.broker_ref.name,
+                Object::Binding(def),
+                DeletionPolicy::Delete,
+            )
+        }
+        Resource::Policy(r) => {
+            let spec = PolicySpec {
+                vhost: vhost(&r.spec.vhost),
+                ..r.spec.clone()
+            };
+            let def = topology::policy_def(&spec).map_err(field(manifest))?;
+            (
+                spec.broker_ref.name,
+                Object::Policy(def),
+                DeletionPolicy::Delete,
+            )
+        }
+    };
+    Ok(Some(desired))
+}
+
 /// Turns the files into one [`Target`] per Broker, refusing duplicates.
 fn targets(manifests: &[Manifest], options: &ApplyOptions) -> Result<Vec<Target>> {
     let mut brokers: BTreeMap<&str, &Manifest> = BTreeMap::new();
@@ -328,53 +389,8 @@ fn targets(manifests: &[Manifest], options: &ApplyOptions) -> Result<Vec<Target>
     // (broker, kind, vhost, RabbitMQ identity) -> where it was first declared.
     let mut declared: BTreeMap<(String, &'static str, String, String), String> = BTreeMap::new();
     for manifest in manifests {
-        let override_vhost = |vhost: &mut String| {
-            if let Some(forced) = &options.vhost {
-                vhost.clone_from(forced);
-            }
-        };
-        let (broker_name, object, deletion) = match &manifest.resource {
-            Resource::Broker(_) => continue,
-            Resource::Exchange(r) => {
-                let mut spec = r.spec.clone();
-                override_vhost(&mut spec.vhost);
-                let def = topology::exchange_def(&spec).map_err(field(manifest))?;
-                (
-                    spec.broker_ref.name,
-                    Object::Exchange(def),
-                    spec.deletion_policy,
-                )
-            }
-            Resource::Queue(r) => {
-                let mut spec = r.spec.clone();
-                override_vhost(&mut spec.vhost);
-                let def = topology::queue_def(&spec).map_err(field(manifest))?;
-                (
-                    spec.broker_ref.name,
-                    Object::Queue(def),
-                    spec.deletion_policy,
-                )
-            }
-            Resource::Binding(r) => {
-                let mut spec = r.spec.clone();
-                override_vhost(&mut spec.vhost);
-                let def = topology::binding_def(&spec).map_err(field(manifest))?;
-                (
-                    spec.broker_ref.name,
-                    Object::Binding(def),
-                    DeletionPolicy::Delete,
-                )
-            }
-            Resource::Policy(r) => {
-                let mut spec = r.spec.clone();
-                override_vhost(&mut spec.vhost);
-                let def = topology::policy_def(&spec).map_err(field(manifest))?;
-                (
-                    spec.broker_ref.name,
-                    Object::Policy(def),
-                    DeletionPolicy::Delete,
-                )
-            }
+        let Some((broker_name, object, deletion)) = desired_object(manifest, options)? else {
+            continue;
         };
         let (kind, identity) = match &object {
             Object::Exchange(e) => ("exchange", e.name.clone()),
