@@ -4,7 +4,9 @@
 //! Expiry is judged by how long *this* replica has seen the record unchanged, never by comparing
 //! the holder's `renewTime` with the local clock, so clock skew between nodes cannot split leadership.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};

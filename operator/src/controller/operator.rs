@@ -501,3 +501,81 @@ where
         futures::future::ready(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector::store::Writer;
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+        serde_json::from_value(value).unwrap_or_else(|e| panic!("fixture parses: {e}"))
+    }
+
+    fn binding(
+        name: &str,
+        namespace: &str,
+        broker: &str,
+        source: &str,
+        destination: &str,
+    ) -> Binding {
+        parse(json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"brokerRef": {"name": broker}, "source": source, "destination": destination}
+        }))
+    }
+
+    fn store(bindings: Vec<Binding>) -> Store<Binding> {
+        let mut writer: Writer<Binding> = Writer::default();
+        for binding in bindings {
+            writer.apply_watcher_event(&watcher::Event::Apply(binding));
+        }
+        writer.as_reader()
+    }
+
+    fn names(refs: Vec<ObjectRef<Binding>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_changed_exchange_or_queue_requeues_exactly_its_bindings() {
+        let store = store(vec![
+            binding("a", "ns", "local", "orders.events", "q1"),
+            binding("b", "ns", "local", "other", "q1"),
+            binding("c", "ns", "remote", "orders.events", "q1"),
+            binding("d", "elsewhere", "local", "orders.events", "q1"),
+        ]);
+        let exchange: Exchange = parse(json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Exchange",
+            "metadata": {"name": "x", "namespace": "ns"},
+            "spec": {"brokerRef": {"name": "local"}, "name": "orders.events", "type": "topic"}
+        }));
+        assert_eq!(names(bindings_of_exchange(&store, &exchange)), ["a"]);
+
+        let queue: Queue = parse(json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Queue",
+            "metadata": {"name": "q", "namespace": "ns"},
+            "spec": {"brokerRef": {"name": "local"}, "name": "q1"}
+        }));
+        assert_eq!(names(bindings_of_queue(&store, &queue)), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_changed_broker_requeues_everything_on_it_in_its_namespace() {
+        let store = store(vec![
+            binding("a", "ns", "local", "x", "q"),
+            binding("b", "ns", "remote", "x", "q"),
+            binding("c", "other", "local", "x", "q"),
+        ]);
+        let broker: Broker = parse(json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Broker",
+            "metadata": {"name": "local", "namespace": "ns"},
+            "spec": {"managementUrl": "http://rabbitmq:15672", "credentialsSecretRef": {"name": "s"}}
+        }));
+        assert_eq!(names(on_broker(&store, &broker)), ["a"]);
+    }
+}

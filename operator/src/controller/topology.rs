@@ -116,10 +116,12 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
             None => return Err(error),
         },
     };
-    let announce = match &result {
-        Ok(changed) => *changed || !verdict.matches(object.conditions()),
-        Err(_) => !verdict.matches(object.conditions()),
-    };
+    // Events are news: a change in RabbitMQ, a new failure, or a recovery from one. Steady
+    // states (InSync again, the same Conflict again) are left to the status.
+    let was_failing =
+        crate::crd::status::ready(object.conditions()).is_some_and(|c| c.status == "False");
+    let news = !verdict.matches(object.conditions()) && (!verdict.ready || was_failing);
+    let announce = news || matches!(result, Ok(true));
     let conditions = verdict.conditions(object.conditions(), generation);
     status::apply(
         api,

@@ -1,0 +1,300 @@
+//! The controllers end to end against the real RabbitMQ management API (mocked Kubernetes API):
+//! each test works in a vhost of its own, removed by a guard even when the test fails.
+//! Also: an unreachable broker is reported, retried with backoff, and never blocks deletion.
+
+mod controller_support;
+
+use std::{
+    sync::Arc,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Value, json};
+use warren_operator::Error;
+use warren_operator::controller::{HttpConnector, Settings, error_policy, reconcile};
+use warren_operator::crd::{Binding, DestinationType, Queue};
+use warren_operator::rabbitmq::{
+    BindingDef, BrokerConnection, Credentials, ExchangeDef, HttpManagementApi, ManagementApi,
+    QueueDef,
+};
+
+use controller_support::{context, finish, ready, resource, typed};
+
+const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
+/// Nothing listens on the discard port: connections are refused at once.
+const DEAD_URL: &str = "http://127.0.0.1:9";
+const BINDINGS: &str = "/apis/warren.dev/v1alpha1/namespaces/testns/bindings";
+const QUEUES: &str = "/apis/warren.dev/v1alpha1/namespaces/testns/queues";
+
+fn credentials() -> Credentials {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Credentials {
+        username: env("WARREN_RABBITMQ_USERNAME").unwrap_or_else(|| "guest".to_owned()),
+        password: env("WARREN_RABBITMQ_PASSWORD").unwrap_or_else(|| "guest".to_owned()),
+    }
+}
+
+fn management_url() -> String {
+    std::env::var("WARREN_MANAGEMENT_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| MANAGEMENT_URL.to_owned())
+}
+
+fn api() -> HttpManagementApi {
+    HttpManagementApi::new(&BrokerConnection::new(management_url(), credentials()))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn secret() -> Value {
+    let credentials = credentials();
+    controller_support::secret(&credentials.username, &credentials.password)
+}
+
+/// A vhost of the test's own, deleted on drop.
+struct Vhost(String);
+
+impl Vhost {
+    async fn new(test: &str) -> Vhost {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let name = format!(
+            "warren-controller-{test}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let api = api();
+        api.ensure_vhost(&name)
+            .await
+            .unwrap_or_else(|e| panic!("create vhost: {e}"));
+        api.grant_full_permissions(&name, &credentials().username)
+            .await
+            .unwrap_or_else(|e| panic!("grant: {e}"));
+        Vhost(name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let vhost = self.0.clone();
+        // Drop cannot await and the test's runtime may be gone: clean up on a runtime of our own.
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = runtime.block_on(async { api().delete_vhost(&vhost).await });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+fn binding_json(vhost: &str, deleting: bool) -> Value {
+    let spec = json!({
+        "brokerRef": {"name": "local"}, "vhost": vhost, "source": "orders.events",
+        "destination": "inventory.order_events", "destinationType": "queue", "routingKey": "order.*"
+    });
+    resource(
+        "Binding",
+        "order-events",
+        spec,
+        true,
+        deleting.then(jiff::Timestamp::now),
+    )
+}
+
+fn binding_def(vhost: &str) -> BindingDef {
+    BindingDef {
+        vhost: vhost.to_owned(),
+        source: "orders.events".to_owned(),
+        destination: "inventory.order_events".to_owned(),
+        destination_type: DestinationType::Queue,
+        routing_key: "order.*".to_owned(),
+        arguments: Default::default(),
+    }
+}
+
+async fn bound(vhost: &str) -> bool {
+    api()
+        .list_bindings(vhost)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .any(|b| b.definition == binding_def(vhost))
+}
+
+#[tokio::test]
+async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
+    let vhost = Vhost::new("binding").await;
+    let rabbitmq = api();
+    rabbitmq
+        .put_exchange(&ExchangeDef {
+            vhost: vhost.0.clone(),
+            name: "orders.events".to_owned(),
+            exchange_type: "topic".to_owned(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    rabbitmq
+        .put_queue(&QueueDef {
+            vhost: vhost.0.clone(),
+            name: "inventory.order_events".to_owned(),
+            queue_type: "quorum".to_owned(),
+            durable: true,
+            auto_delete: false,
+            arguments: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let broker = controller_support::broker(&management_url());
+
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector), Settings::default());
+    let object = binding_json(&vhost.0, false);
+    let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
+    api_server.broker_and_secret(&broker, &secret()).await;
+    let status = api_server.status(BINDINGS, &object).await;
+    assert_eq!(ready(&status)["reason"], "Created", "{status}");
+    assert_eq!(api_server.event().await["reason"], "Created");
+    assert!(finish(task).await.is_ok());
+    api_server.assert_idle();
+    assert!(bound(&vhost.0).await, "the binding exists in RabbitMQ");
+
+    let deleting = binding_json(&vhost.0, true);
+    let task = tokio::spawn(reconcile(typed::<Binding>(&deleting), ctx));
+    api_server.broker_and_secret(&broker, &secret()).await;
+    assert_eq!(api_server.event().await["reason"], "Deleted");
+    api_server.finalizer_removed(BINDINGS, &deleting).await;
+    assert!(finish(task).await.is_ok());
+    api_server.assert_idle();
+    assert!(!bound(&vhost.0).await, "the binding is gone from RabbitMQ");
+}
+
+#[tokio::test]
+async fn a_binding_to_a_missing_queue_reports_rabbitmqs_text_and_backs_off() {
+    let vhost = Vhost::new("dangling").await;
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector), Settings::default());
+    let object = binding_json(&vhost.0, false);
+    let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
+    api_server
+        .broker_and_secret(&controller_support::broker(&management_url()), &secret())
+        .await;
+    let status = api_server.status(BINDINGS, &object).await;
+    let condition = ready(&status);
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "RabbitMQError");
+    // RabbitMQ's own words about what is missing.
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("404"),
+        "{condition}"
+    );
+    assert_eq!(api_server.event().await["type"], "Warning");
+    let error = finish(task).await.err();
+    assert!(error.is_some(), "a missing queue is retried with backoff");
+    api_server.assert_idle();
+}
+
+fn queue_json(deleting_since: Option<jiff::Timestamp>) -> Value {
+    let spec = json!({"brokerRef": {"name": "local"}, "name": "q", "type": "classic"});
+    resource("Queue", "q", spec, true, deleting_since)
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_ready_false_and_retried_with_growing_backoff() {
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector), Settings::default());
+    let object = queue_json(None);
+    let queue: Arc<Queue> = typed(&object);
+    let task = tokio::spawn(reconcile(queue.clone(), ctx.clone()));
+    api_server
+        .broker_and_secret(&controller_support::broker(DEAD_URL), &secret())
+        .await;
+    let status = api_server.status(QUEUES, &object).await;
+    let condition = ready(&status);
+    assert_eq!(condition["reason"], "BrokerUnreachable");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(DEAD_URL),
+        "{condition}"
+    );
+    let secret_password = credentials().password;
+    assert!(
+        !condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&secret_password)
+            || secret_password == "guest",
+        "credentials never appear in status"
+    );
+    assert_eq!(api_server.event().await["reason"], "BrokerUnreachable");
+    let error = finish(task)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("unreachable is an error for the backoff"));
+    api_server.assert_idle();
+
+    let first = error_policy(queue.clone(), &error, ctx.clone());
+    let second = error_policy(queue, &error, ctx);
+    assert_eq!(
+        first,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(2))
+    );
+    assert_eq!(
+        second,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(4))
+    );
+    assert!(matches!(root(&error), Some(Error::Transport { .. })));
+}
+
+fn root(error: &Error) -> Option<&Error> {
+    match error {
+        Error::Finalizer(inner) => match inner.as_ref() {
+            kube::runtime::finalizer::Error::ApplyFailed(cause)
+            | kube::runtime::finalizer::Error::CleanupFailed(cause) => Some(cause),
+            _ => None,
+        },
+        other => Some(other),
+    }
+}
+
+#[tokio::test]
+async fn cleanup_retries_an_unreachable_broker_then_gives_up_after_the_grace_period() {
+    let settings = Settings {
+        cleanup_grace: Duration::from_secs(600),
+        ..Settings::default()
+    };
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector), settings);
+    let broker = controller_support::broker(DEAD_URL);
+
+    // Just deleted: keep trying (the broker may come back).
+    let fresh = queue_json(Some(jiff::Timestamp::now()));
+    let task = tokio::spawn(reconcile(typed::<Queue>(&fresh), ctx.clone()));
+    api_server.broker_and_secret(&broker, &secret()).await;
+    assert_eq!(api_server.event().await["reason"], "CleanupFailed");
+    assert!(finish(task).await.is_err());
+    api_server.assert_idle();
+
+    // Deleted 20 minutes ago: release the resource so the namespace is not stuck.
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(20);
+    let stale = queue_json(Some(long_ago));
+    let task = tokio::spawn(reconcile(typed::<Queue>(&stale), ctx));
+    api_server.broker_and_secret(&broker, &secret()).await;
+    let event = api_server.event().await;
+    assert_eq!(event["reason"], "CleanupAbandoned");
+    assert_eq!(event["type"], "Warning");
+    api_server.finalizer_removed(QUEUES, &stale).await;
+    assert!(finish(task).await.is_ok());
+    api_server.assert_idle();
+}
