@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Lints, renders and validates charts/warren offline: no helm binary, no cluster. Helm 4 comes from
+# PyPI's helm-python-sdk and the Kubernetes schemas from kubernetes-validate, both installed into a
+# venv under target/ (reused on later runs). Renders several value sets and validates every object
+# strictly against Kubernetes 1.36, then checks the security and RBAC properties the chart promises.
+#
+# Usage: scripts/chart-check.sh            (exit 0 when the chart is clean)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/chart-venv
+helm_sdk="helm-python-sdk==0.2.2"
+validator="kubernetes-validate==1.37.0"
+
+if ! "$venv/bin/python" -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null; then
+    echo "chart-check: installing $helm_sdk and $validator into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$helm_sdk" "$validator" pyyaml
+fi
+
+exec "$venv/bin/python" - charts/warren <<'PY'
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+CHART = sys.argv[1]
+KUBE = "1.36.0"
+# Kinds whose schema kubernetes-validate does not ship (CRDs of other projects).
+FOREIGN = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+VALUE_SETS = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["messaging", "payments"]},
+    "everything-on": {
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        },
+        "podAnnotations": {"example.com/a": "b"},
+        "priorityClassName": "system-cluster-critical",
+    },
+    "single-replica-no-election": {"replicaCount": 1, "leaderElection": {"enabled": False}},
+}
+
+failures = []
+
+
+def fail(message):
+    failures.append(message)
+    print(f"FAIL {message}")
+
+
+def objects(manifests):
+    for path, text in sorted(manifests.items()):
+        for document in yaml.safe_load_all(text):
+            if document:
+                yield path, document
+
+
+def validate(label, path, obj):
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in FOREIGN:
+        return
+    try:
+        kubernetes_validate.validate(obj, KUBE, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        fail(f"{label}: {path}: {obj.get('kind')}: {error.message} at {'.'.join(map(str, error.path))}")
+    except kubernetes_validate.SchemaNotFoundError as error:
+        fail(f"{label}: {path}: {error.message}")
+
+
+def check_deployment(label, deployment):
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    context = container.get("securityContext", {})
+    if not pod.get("securityContext", {}).get("runAsNonRoot"):
+        fail(f"{label}: pod does not require runAsNonRoot")
+    for key, want in [("readOnlyRootFilesystem", True), ("allowPrivilegeEscalation", False)]:
+        if context.get(key) is not want:
+            fail(f"{label}: container {key} is not {want}")
+    if container.get("args", [None])[0] != "operator":
+        fail(f"{label}: container does not run `warren operator`: {container.get('args')}")
+    probes = {
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    for probe, path in probes.items():
+        if container.get(probe, {}).get("httpGet", {}).get("path") != path:
+            fail(f"{label}: {probe} is not GET {path}")
+    if not container.get("resources", {}).get("requests"):
+        fail(f"{label}: container has no resource requests")
+
+
+def check_rbac(label, values, rendered):
+    kinds = [(o["kind"], o["metadata"].get("namespace")) for _, o in rendered]
+    cluster_roles = [o for _, o in rendered if o["kind"] == "ClusterRole"]
+    if values.get("watchNamespaces"):
+        if cluster_roles:
+            fail(f"{label}: watching listed namespaces must not create a ClusterRole")
+        for namespace in values["watchNamespaces"]:
+            if ("Role", namespace) not in kinds or ("RoleBinding", namespace) not in kinds:
+                fail(f"{label}: no Role/RoleBinding in watched namespace {namespace}")
+    elif len(cluster_roles) != 1:
+        fail(f"{label}: expected one ClusterRole, found {len(cluster_roles)}")
+    for _, obj in rendered:
+        if obj["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in obj.get("rules", []):
+            if "*" in rule.get("verbs", []) or "*" in rule.get("resources", []):
+                fail(f"{label}: {obj['kind']} {obj['metadata']['name']} uses a wildcard")
+            if "secrets" in rule.get("resources", []) and rule["verbs"] != ["get"]:
+                fail(f"{label}: secrets may only be read by name, not {rule['verbs']}")
+
+
+report = helm.lint(CHART, strict=True, kube_version=f"v{KUBE}")
+for message in report.get("messages", []):
+    if message.get("severity", 0) >= 2:
+        fail(f"lint: {message.get('path')}: {message.get('error')}")
+for error in report.get("errors", []) or []:
+    fail(f"lint: {error}")
+
+chart = helm.Chart.load(CHART)
+for crd in chart.crds:
+    for path, obj in objects({crd.get("name", "crd"): crd.get("data", "")}):
+        validate("crds", path, obj)
+
+for label, values in VALUE_SETS.items():
+    before = len(failures)
+    manifests = chart.render(values, name="warren", namespace="warren-system", is_install=True)
+    rendered = list(objects({p: t for p, t in manifests.items() if not p.endswith("NOTES.txt")}))
+    for path, obj in rendered:
+        validate(label, path, obj)
+        if obj["kind"] == "Deployment":
+            check_deployment(label, obj)
+    check_rbac(label, values, rendered)
+    if len(failures) == before:
+        print(f"ok   {label}: {len(rendered)} objects rendered and validated")
+
+if failures:
+    print(f"chart-check: {len(failures)} problem(s)")
+    sys.exit(1)
+print("chart-check: charts/warren is clean")
+PY
