@@ -1,9 +1,9 @@
-//! The Helm chart stays generated from the code: its CRDs are exactly `warren crds`, its version
-//! is the crate's, and its RBAC names every kind the controllers reconcile.
+//! The deployment artifacts stay in step with the code: the chart's CRDs are exactly `warren crds`,
+//! its version is the crate's, its RBAC names every kind, and the kind Broker matches the topology.
 
 use std::path::{Path, PathBuf};
 
-use warren_operator::crd;
+use warren_operator::crd::{self, Broker};
 
 const REGENERATE: &str =
     "run `cargo run -p warren-operator -- crds > charts/warren/crds/warren.dev.yaml`";
@@ -57,4 +57,38 @@ fn chart_rbac_covers_every_kind_with_status_and_finalizers() {
             );
         }
     }
+}
+
+fn broker(path: &str) -> Broker {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    serde_saphyr::from_str(&read(&path))
+        .unwrap_or_else(|e| panic!("{} is not a Broker: {e}", path.display()))
+}
+
+#[test]
+fn the_kind_broker_replaces_the_topologys_broker_with_in_cluster_urls() {
+    let local = broker("manifests/topology/broker.yaml");
+    let kind = broker("manifests/infra/broker.yaml");
+    assert_eq!(
+        kind.metadata.name, local.metadata.name,
+        "same Broker name, so the topology finds it"
+    );
+    assert_eq!(
+        kind.spec.credentials_secret_ref,
+        local.spec.credentials_secret_ref
+    );
+    // The operator runs in another namespace: only a fully qualified Service name reaches RabbitMQ.
+    assert!(
+        kind.spec.management_url.contains(".warren-demo.svc"),
+        "{}",
+        kind.spec.management_url
+    );
+    let secrets =
+        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/infra/secrets.yaml"));
+    assert!(
+        secrets.contains(&format!("name: {}", kind.spec.credentials_secret_ref.name))
+            && secrets.contains("username:")
+            && secrets.contains("password:"),
+        "manifests/infra/secrets.yaml holds the Broker's Secret with username and password"
+    );
 }
