@@ -180,8 +180,11 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Fails with an install hint unless every Warren CRD is served (a 404 on listing a kind).
-async fn check_crds(client: &Client, scopes: &[Option<String>]) -> Result<()> {
+/// Fails with an install hint unless every Warren CRD is served (listing a kind answers 404).
+///
+/// Listing (limit 1) needs only the RBAC the controllers need anyway, unlike reading the
+/// cluster-scoped CustomResourceDefinitions. `None` in `scopes` means all namespaces.
+pub async fn check_crds(client: &Client, scopes: &[Option<String>]) -> Result<()> {
     for scope in scopes {
         check_crd::<Broker>(client, scope).await?;
         check_crd::<Exchange>(client, scope).await?;
@@ -314,8 +317,9 @@ async fn lead(
     outcome
 }
 
-/// Runs every controller for every scope until `stop` is cancelled.
-pub(super) async fn run_controllers(
+/// Runs every controller (Broker, Exchange, Queue, Policy, Binding) for every scope (`None`: all
+/// namespaces) until `stop` is cancelled; running reconciles finish first.
+pub async fn run_controllers(
     ctx: Arc<Context>,
     scopes: &[Option<String>],
     concurrency: u16,
