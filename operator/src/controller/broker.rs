@@ -8,9 +8,9 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::connect::broker_connection;
 use super::context::Context;
-use super::events;
 use super::status::{self, Verdict};
 use super::topology::error_chain;
+use super::{events, reason};
 use crate::crd::{Broker, BrokerStatus};
 use crate::rabbitmq::{ManagementApi, Overview};
 use crate::{Error, Result};
@@ -50,7 +50,7 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
     let current = broker.status.clone().unwrap_or_default();
     let verdict = match &probe {
         Ok(overview) => Verdict::ready(
-            "Reachable",
+            reason::REACHABLE,
             format!(
                 "RabbitMQ {} (cluster {}) answered at {}",
                 overview.rabbitmq_version, overview.cluster_name, broker.spec.management_url
@@ -101,12 +101,12 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
 fn broker_failure(error: &Error) -> Verdict {
     let text = error_chain(error);
     match error {
-        Error::Config(_) => Verdict::not_ready("ConfigInvalid", text),
-        Error::Transport { .. } => Verdict::not_ready("Unreachable", text),
+        Error::Config(_) => Verdict::not_ready(reason::CONFIG_INVALID, text),
+        Error::Transport { .. } => Verdict::not_ready(reason::UNREACHABLE, text),
         Error::RabbitMq { status: 401, .. } => Verdict::not_ready(
-            "Unauthorized",
+            reason::UNAUTHORIZED,
             format!("{text}: check the username and password in the credentials Secret"),
         ),
-        _ => Verdict::not_ready("RabbitMQError", text),
+        _ => Verdict::not_ready(reason::RABBITMQ_ERROR, text),
     }
 }

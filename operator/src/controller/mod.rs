@@ -12,6 +12,7 @@ mod kinds;
 pub mod leader;
 mod metrics;
 mod operator;
+pub mod reason;
 mod server;
 mod status;
 mod topology;

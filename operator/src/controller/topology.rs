@@ -14,7 +14,7 @@ use super::context::Context;
 use super::events;
 use super::kinds::TopologyKind;
 use super::status::{self, Verdict};
-use super::{FINALIZER, broker};
+use super::{FINALIZER, broker, reason};
 use crate::crd::DeletionPolicy;
 use crate::plan::{self, Desired, Object, Observed};
 use crate::rabbitmq::ManagementApi;
@@ -177,9 +177,9 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
         .unwrap_or(plan::Action::Unchanged(desired.clone()));
     let outcome = reconcile::execute(management.as_ref(), &action).await?;
     let verdict = match (&action, outcome) {
-        (_, Outcome::Conflict(reason)) => Verdict::not_ready("Conflict", reason),
+        (_, Outcome::Conflict(why)) => Verdict::not_ready(reason::CONFLICT, why),
         (plan::Action::Create(object), Outcome::Done) => {
-            Verdict::ready("Created", format!("created {object}"))
+            Verdict::ready(reason::CREATED, format!("created {object}"))
         }
         (
             plan::Action::Update {
@@ -187,12 +187,12 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
             },
             Outcome::Done,
         ) => Verdict::ready(
-            "Updated",
+            reason::UPDATED,
             format!("updated {desired}: {}", changes.join("; ")),
         ),
-        _ => Verdict::ready("InSync", format!("{desired} matches the spec")),
+        _ => Verdict::ready(reason::IN_SYNC, format!("{desired} matches the spec")),
     };
-    let changed_rabbitmq = verdict.reason == "Created" || verdict.reason == "Updated";
+    let changed_rabbitmq = verdict.reason == reason::CREATED || verdict.reason == reason::UPDATED;
     Ok(Converged {
         verdict,
         observed,
@@ -205,16 +205,16 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
 fn failure_verdict(error: &Error) -> Option<Verdict> {
     let text = error_chain(error);
     let verdict = match error {
-        Error::InvalidSpec { .. } => Verdict::not_ready("InvalidSpec", text),
+        Error::InvalidSpec { .. } => Verdict::not_ready(reason::INVALID_SPEC, text),
         Error::BrokerNotFound { .. } => Verdict::not_ready(
-            "BrokerNotFound",
+            reason::BROKER_NOT_FOUND,
             format!("{text}: create it or fix spec.brokerRef.name"),
         ),
-        Error::Config(_) => Verdict::not_ready("BrokerConfigInvalid", text),
-        Error::Transport { .. } => Verdict::not_ready("BrokerUnreachable", text),
-        Error::VhostMissing { .. } => Verdict::not_ready("VhostNotFound", text),
+        Error::Config(_) => Verdict::not_ready(reason::BROKER_CONFIG_INVALID, text),
+        Error::Transport { .. } => Verdict::not_ready(reason::BROKER_UNREACHABLE, text),
+        Error::VhostMissing { .. } => Verdict::not_ready(reason::VHOST_NOT_FOUND, text),
         Error::RabbitMq { .. } | Error::InvalidResponse { .. } => {
-            Verdict::not_ready("RabbitMQError", text)
+            Verdict::not_ready(reason::RABBITMQ_ERROR, text)
         }
         _ => return None,
     };
@@ -248,15 +248,19 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
     let reference = object.object_ref(&());
     if object.deletion_policy() == DeletionPolicy::Retain {
         let note = format!("deletionPolicy is retain: {identity} stays in RabbitMQ");
-        events::publish(ctx, &reference, false, "Retained", "Delete", &note).await;
+        events::publish(ctx, &reference, false, reason::RETAINED, "Delete", &note).await;
         return Ok(Action::await_change());
     }
-    let (warning, reason, note) = match remove(object, &identity, ctx).await {
-        Ok(Removal::Deleted) => (false, "Deleted", format!("deleted {identity}")),
-        Ok(Removal::AlreadyGone) => (false, "Deleted", format!("{identity} was already gone")),
+    let (warning, outcome, note) = match remove(object, &identity, ctx).await {
+        Ok(Removal::Deleted) => (false, reason::DELETED, format!("deleted {identity}")),
+        Ok(Removal::AlreadyGone) => (
+            false,
+            reason::DELETED,
+            format!("{identity} was already gone"),
+        ),
         Ok(Removal::LeftConflicting(why)) => (
             true,
-            "Conflict",
+            reason::CONFLICT,
             format!("left {identity} in RabbitMQ: it does not match this resource ({why})"),
         ),
         // Without its Broker (or its credentials) Warren cannot reach RabbitMQ, and waiting
@@ -264,9 +268,9 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
         Err(error @ (Error::BrokerNotFound { .. } | Error::Config(_))) => (
             true,
             if matches!(error, Error::Config(_)) {
-                "BrokerConfigInvalid"
+                reason::BROKER_CONFIG_INVALID
             } else {
-                "BrokerNotFound"
+                reason::BROKER_NOT_FOUND
             },
             format!(
                 "finalizer removed without deleting {identity}: {}",
@@ -277,12 +281,20 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
             let waited = deleting_for(object);
             if waited < ctx.settings.cleanup_grace {
                 let note = format!("cannot delete {identity} yet: {}", error_chain(&error));
-                events::publish(ctx, &reference, true, "CleanupFailed", "Delete", &note).await;
+                events::publish(
+                    ctx,
+                    &reference,
+                    true,
+                    reason::CLEANUP_FAILED,
+                    "Delete",
+                    &note,
+                )
+                .await;
                 return Err(error);
             }
             (
                 true,
-                "CleanupAbandoned",
+                reason::CLEANUP_ABANDONED,
                 format!(
                     "gave up deleting {identity} after {}s: {}; delete it by hand if it still exists",
                     waited.as_secs(),
@@ -291,7 +303,7 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
             )
         }
     };
-    events::publish(ctx, &reference, warning, reason, "Delete", &note).await;
+    events::publish(ctx, &reference, warning, outcome, "Delete", &note).await;
     Ok(Action::await_change())
 }
 
@@ -312,8 +324,8 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
         };
     if let Ok(desired) = object.desired() {
         let check = plan::plan(&single(desired), &observed, false);
-        if let Some(plan::Action::Conflict { reason, .. }) = check.actions.first() {
-            return Ok(Removal::LeftConflicting(reason.clone()));
+        if let Some(plan::Action::Conflict { reason: why, .. }) = check.actions.first() {
+            return Ok(Removal::LeftConflicting(why.clone()));
         }
     }
     let removal = plan::plan_removal(&[(identity.clone(), DeletionPolicy::Delete)], &observed);

@@ -1,0 +1,40 @@
+//! The reasons Warren puts on `Ready` conditions and Events: a stable vocabulary that alerts,
+//! `kubectl wait` scripts and Argo CD health checks can rely on.
+
+/// The object was declared in RabbitMQ.
+pub const CREATED: &str = "Created";
+/// The object was changed in place in RabbitMQ (policies, re-pointed bindings).
+pub const UPDATED: &str = "Updated";
+/// RabbitMQ already matches the spec.
+pub const IN_SYNC: &str = "InSync";
+/// RabbitMQ holds the object with other fixed properties; Warren leaves it alone.
+pub const CONFLICT: &str = "Conflict";
+/// The spec cannot be declared as written.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// The Broker named by `spec.brokerRef` does not exist.
+pub const BROKER_NOT_FOUND: &str = "BrokerNotFound";
+/// The Broker's Secret (or TLS material, or URL) is missing or malformed.
+pub const BROKER_CONFIG_INVALID: &str = "BrokerConfigInvalid";
+/// The management API did not answer.
+pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
+/// The vhost does not exist; Warren never creates vhosts.
+pub const VHOST_NOT_FOUND: &str = "VhostNotFound";
+/// RabbitMQ refused a call; the message carries its own text.
+pub const RABBITMQ_ERROR: &str = "RabbitMQError";
+/// Cleanup deleted the object (or found it already gone).
+pub const DELETED: &str = "Deleted";
+/// `deletionPolicy: retain` kept the object in RabbitMQ.
+pub const RETAINED: &str = "Retained";
+/// Cleanup failed and will be retried.
+pub const CLEANUP_FAILED: &str = "CleanupFailed";
+/// Cleanup gave up on an unreachable broker after the grace period and released the resource.
+pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
+
+/// Broker: the management API answered with the Secret's credentials.
+pub const REACHABLE: &str = "Reachable";
+/// Broker: the management API did not answer.
+pub const UNREACHABLE: &str = "Unreachable";
+/// Broker: the management API refused the credentials.
+pub const UNAUTHORIZED: &str = "Unauthorized";
+/// Broker: its Secret, TLS material or URL is missing or malformed.
+pub const CONFIG_INVALID: &str = "ConfigInvalid";
