@@ -1,8 +1,9 @@
 //! The controllers as `warren operator` runs them (watchers, `.watches` mappers, shutdown) against
 //! a small fake API server that answers lists, parks watches, and delivers events on demand.
 //!
-//! Scenario: a Queue names a Broker that does not exist yet (Ready=False BrokerNotFound); the
-//! Broker appears through a watch event, which must re-queue the Queue, which is then declared.
+//! Scenarios: a Broker appearing re-queues the Queue that names it; a Queue appearing re-queues
+//! the Binding that routes to it. Backoff is set to a minute so only the watches can explain a
+//! prompt second reconcile.
 
 mod controller_support;
 
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_test::mock::{Handle, SendResponse};
 use warren_operator::controller::{Settings, run_controllers};
-use warren_operator::rabbitmq::{FakeBroker, ManagementApi};
+use warren_operator::rabbitmq::{ExchangeDef, FakeBroker, ManagementApi, QueueDef};
 
 use controller_support::{FakeConnector, NS, context, reply, resource};
 
@@ -169,86 +170,176 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn a_broker_appearing_requeues_the_queues_that_name_it() {
-    let rabbitmq = Arc::new(FakeBroker::new());
-    let connector = Arc::new(FakeConnector {
-        broker: rabbitmq.clone(),
-        seen: Mutex::new(None),
-    });
-    let (ctx, api) = context(connector, Settings::default());
-    let cluster = Arc::new(Mutex::new(Cluster::default()));
-    let queue = resource(
-        "Queue",
-        "orders",
-        json!({"brokerRef": {"name": "local"}, "name": "orders.inventory_events", "type": "classic"}),
-        true,
-        None,
-    );
-    {
-        let mut state = cluster.lock().unwrap_or_else(|p| p.into_inner());
-        state.objects.insert(format!("{WARREN}queues"), vec![queue]);
-        state.objects.insert(
-            format!("/api/v1/namespaces/{NS}/secrets"),
-            vec![controller_support::secret("guest", "guest")],
-        );
-    }
-    let (adds, added) = mpsc::unbounded_channel();
-    let server = tokio::spawn(serve(api.0, cluster.clone(), added));
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn({
-        let stop = stop.clone();
-        async move { run_controllers(ctx, &[Some(NS.to_owned())], 2, stop).await }
-    });
+/// The controllers of namespace [`NS`] running against the fake API server.
+struct Running {
+    rabbitmq: Arc<FakeBroker>,
+    cluster: Arc<Mutex<Cluster>>,
+    adds: mpsc::UnboundedSender<Add>,
+    stop: CancellationToken,
+    controllers: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+}
 
-    let statuses = |cluster: &Mutex<Cluster>| {
-        cluster
+impl Running {
+    /// Starts the controllers over `objects` (collection name under warren.dev → objects).
+    fn start(objects: Vec<(&str, Value)>) -> Running {
+        let rabbitmq = Arc::new(FakeBroker::new());
+        let connector = Arc::new(FakeConnector {
+            broker: rabbitmq.clone(),
+            seen: Mutex::new(None),
+        });
+        let settings = Settings {
+            backoff_base: Duration::from_secs(60),
+            ..Settings::default()
+        };
+        let (ctx, api) = context(connector, settings);
+        let cluster = Arc::new(Mutex::new(Cluster::default()));
+        {
+            let mut state = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            for (collection, object) in objects {
+                state
+                    .objects
+                    .entry(format!("{WARREN}{collection}"))
+                    .or_default()
+                    .push(object);
+            }
+            state.objects.insert(
+                format!("/api/v1/namespaces/{NS}/secrets"),
+                vec![controller_support::secret("guest", "guest")],
+            );
+        }
+        let (adds, added) = mpsc::unbounded_channel();
+        let server = tokio::spawn(serve(api.0, cluster.clone(), added));
+        let stop = CancellationToken::new();
+        let controllers = tokio::spawn({
+            let stop = stop.clone();
+            async move { run_controllers(ctx, &[Some(NS.to_owned())], 2, stop).await }
+        });
+        Running {
+            rabbitmq,
+            cluster,
+            adds,
+            stop,
+            controllers,
+            server,
+        }
+    }
+
+    /// Adds an object and delivers it to the watches of its collection.
+    fn add(&self, collection: &str, object: Value) {
+        self.adds
+            .send(Add {
+                collection: format!("{WARREN}{collection}"),
+                object,
+            })
+            .unwrap_or_else(|_| panic!("fake API server stopped"));
+    }
+
+    /// Ready reasons applied so far to the object `name` of `collection`, in order.
+    fn reasons(&self, collection: &str, name: &str) -> Vec<String> {
+        let wanted = format!("{WARREN}{collection}");
+        self.cluster
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .statuses
             .iter()
-            .filter(|(_, name, _)| name == "orders")
+            .filter(|(c, n, _)| *c == wanted && n == name)
             .filter_map(|(_, _, status)| ready_reason(status))
-            .collect::<Vec<_>>()
-    };
-    eventually("Ready=False BrokerNotFound on the Queue", || {
-        statuses(&cluster).contains(&"BrokerNotFound".to_owned())
-    })
-    .await;
-    assert!(rabbitmq.writes().is_empty());
+            .collect()
+    }
 
-    adds.send(Add {
-        collection: format!("{WARREN}brokers"),
-        object: controller_support::broker("http://rabbitmq.testns.svc:15672"),
-    })
-    .unwrap_or_else(|_| panic!("fake API server stopped"));
-    eventually("the Queue declared after its Broker appeared", || {
-        statuses(&cluster).contains(&"Created".to_owned())
-    })
-    .await;
-    let declared = rabbitmq
+    /// Waits until `name` of `collection` was given Ready `reason`.
+    async fn wait_for(&self, collection: &str, name: &str, reason: &str) {
+        eventually(&format!("{collection}/{name} {reason}"), || {
+            self.reasons(collection, name).iter().any(|r| r == reason)
+        })
+        .await;
+    }
+
+    /// Graceful shutdown: every controller returns once `stop` is cancelled.
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.controllers)
+            .await
+            .unwrap_or_else(|_| panic!("controllers did not stop within {DEADLINE:?}"))
+            .unwrap_or_else(|e| panic!("controllers panicked: {e}"));
+        self.server.abort();
+    }
+}
+
+fn broker() -> Value {
+    controller_support::broker("http://rabbitmq.testns.svc:15672")
+}
+
+fn queue() -> Value {
+    let spec = json!({"brokerRef": {"name": "local"}, "name": "orders.inventory_events", "type": "classic"});
+    resource("Queue", "orders", spec, true, None)
+}
+
+#[tokio::test]
+async fn a_broker_appearing_requeues_the_queues_that_name_it() {
+    let running = Running::start(vec![("queues", queue())]);
+    running.wait_for("queues", "orders", "BrokerNotFound").await;
+    assert!(running.rabbitmq.writes().is_empty());
+
+    running.add("brokers", broker());
+    running.wait_for("queues", "orders", "Created").await;
+    let declared = running
+        .rabbitmq
         .get_queue("/", "orders.inventory_events")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(declared.is_some());
     // The Broker controller probed the new Broker too.
-    eventually("the Broker's status", || {
-        cluster
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .statuses
-            .iter()
-            .any(|(collection, _, status)| {
-                collection.ends_with("/brokers") && status["rabbitmqVersion"] == "3.10.8"
-            })
-    })
-    .await;
+    running.wait_for("brokers", "local", "Reachable").await;
+    running.stop().await;
+}
 
-    // Graceful shutdown: every controller returns once `stop` is cancelled.
-    stop.cancel();
-    tokio::time::timeout(DEADLINE, controllers)
+#[tokio::test]
+async fn a_queue_appearing_requeues_the_bindings_that_route_to_it() {
+    let binding = resource(
+        "Binding",
+        "orders-to-inventory",
+        json!({"brokerRef": {"name": "local"}, "source": "orders.events", "destination": "orders.inventory_events"}),
+        true,
+        None,
+    );
+    let running = Running::start(vec![("brokers", broker()), ("bindings", binding)]);
+    running
+        .rabbitmq
+        .put_exchange(&ExchangeDef {
+            vhost: "/".to_owned(),
+            name: "orders.events".to_owned(),
+            exchange_type: "topic".to_owned(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: Default::default(),
+        })
         .await
-        .unwrap_or_else(|_| panic!("controllers did not stop within {DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("controllers panicked: {e}"));
-    server.abort();
+        .unwrap_or_else(|e| panic!("{e}"));
+    // RabbitMQ refuses a binding to a missing queue (404): retried, here only after a minute.
+    running
+        .wait_for("bindings", "orders-to-inventory", "RabbitMQError")
+        .await;
+
+    // The queue appears in RabbitMQ, then its resource: the watch must re-queue the Binding.
+    running
+        .rabbitmq
+        .put_queue(&QueueDef {
+            vhost: "/".to_owned(),
+            name: "orders.inventory_events".to_owned(),
+            queue_type: "classic".to_owned(),
+            durable: true,
+            auto_delete: false,
+            arguments: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    running.add("queues", queue());
+    running
+        .wait_for("bindings", "orders-to-inventory", "Created")
+        .await;
+    running.wait_for("queues", "orders", "InSync").await;
+    running.stop().await;
 }
