@@ -16,10 +16,11 @@ use warren_messaging::{
     OutboxRelay, RelayConfig, RetryPolicy,
 };
 
-use crate::support::{TestDatabase, TestVhost, declare_adr_topology};
+use crate::support::{TestDatabase, TestVhost, apply_topology};
 
-/// Retry tiers used by the tests: short, and growing.
-pub const TEST_RETRY_TTLS_MS: [u64; 3] = [300, 1200, 3000];
+/// Handling attempts the test consumers make before dead-lettering (the tiers are those of
+/// manifests/topology: 1 s, 5 s, 30 s, 2 min).
+pub const TEST_MAX_ATTEMPTS: u32 = 3;
 
 /// Records every handled event in `test_effects`; fails on command.
 #[derive(Clone, Default)]
@@ -92,7 +93,7 @@ impl Harness {
     /// A fresh vhost with the ADR topology and a fresh database.
     pub async fn start(prefix: &str) -> Harness {
         let vhost = TestVhost::create(prefix).await;
-        declare_adr_topology(&vhost.mgmt, &vhost.name, &TEST_RETRY_TTLS_MS).await;
+        apply_topology(&vhost.name).await;
         let db = TestDatabase::create(prefix).await;
         sqlx::query(
             "CREATE TABLE test_effects (id BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL, \
@@ -130,8 +131,8 @@ impl Harness {
             ORDERS_INVENTORY_EVENTS_QUEUE,
         );
         c.retry = RetryPolicy {
-            delays: TEST_RETRY_TTLS_MS.map(Duration::from_millis).to_vec(),
-            max_attempts: 4,
+            max_attempts: TEST_MAX_ATTEMPTS,
+            ..RetryPolicy::default()
         };
         c
     }

@@ -8,5 +8,5 @@ pub mod harness;
 pub mod support;
 
 pub use support::{
-    Management, TestDatabase, TestVhost, declare_adr_topology, eventually, management, unique_name,
+    Management, TestDatabase, TestVhost, apply_topology, eventually, management, unique_name,
 };

@@ -348,51 +348,14 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Declares ADR-029's topology in `vhost` through the management API, with retry tiers of
-/// `retry_ttls_ms` (tests use short ones). Same names and shapes as manifests/topology.
-pub async fn declare_adr_topology(mgmt: &Management, vhost: &str, retry_ttls_ms: &[u64]) {
-    use warren_messaging::topology::*;
-    mgmt.declare_exchange(vhost, INVENTORY_EXCHANGE, "topic")
-        .await;
-    mgmt.declare_exchange(vhost, ORDERS_EXCHANGE, "topic").await;
-    mgmt.declare_exchange(vhost, DEAD_LETTER_EXCHANGE, "direct")
-        .await;
-    for (queue, exchange, key) in [
-        (
-            ORDERS_INVENTORY_EVENTS_QUEUE,
-            INVENTORY_EXCHANGE,
-            "inventory.*",
-        ),
-        (INVENTORY_ORDER_EVENTS_QUEUE, ORDERS_EXCHANGE, "order.*"),
-    ] {
-        mgmt.declare_queue(
-            vhost,
-            queue,
-            json!({
-                "x-queue-type": "quorum",
-                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-                "x-dead-letter-routing-key": queue,
-                "x-delivery-limit": 10,
-            }),
-        )
-        .await;
-        let dlq = dead_letter_queue(queue);
-        mgmt.declare_queue(vhost, &dlq, json!({"x-queue-type": "quorum"}))
-            .await;
-        mgmt.bind(vhost, exchange, queue, key).await;
-        mgmt.bind(vhost, DEAD_LETTER_EXCHANGE, &dlq, queue).await;
-        for (n, ttl) in retry_ttls_ms.iter().enumerate() {
-            mgmt.declare_queue(
-                vhost,
-                &warren_messaging::RetryPolicy::tier_queue(queue, n + 1),
-                json!({
-                    "x-queue-type": "quorum",
-                    "x-message-ttl": ttl,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": queue,
-                }),
-            )
-            .await;
-        }
-    }
+/// Applies manifests/topology (ADR-029's exchanges, queues, retry tiers, dead-letter queues and
+/// bindings) into `vhost` with `warren apply`'s own code, as the quick start and operator do.
+pub async fn apply_topology(vhost: &str) {
+    let mut options = warren_operator::cli::ApplyOptions::from_env().expect("WARREN_* settings");
+    options.vhost = Some(vhost.to_owned());
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/topology");
+    let report = warren_operator::cli::apply(&[manifests], &options)
+        .await
+        .expect("warren apply -f manifests/topology");
+    assert!(report.succeeded(), "{}", report.summary());
 }

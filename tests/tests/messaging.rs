@@ -1,6 +1,7 @@
 //! The messaging core against the real RabbitMQ and PostgreSQL: outbox → relay → consumer,
 //! duplicates, retries, dead-lettering, crashes and faults.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -13,7 +14,7 @@ use warren_messaging::topology::{
 };
 use warren_messaging::{ConsumerConfig, Envelope, HandlerError, IdempotentConsumer, OutboxRelay};
 use warren_tests::eventually;
-use warren_tests::harness::{Harness, enqueue_in};
+use warren_tests::harness::{Harness, TEST_MAX_ATTEMPTS, enqueue_in};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -261,7 +262,11 @@ async fn permanent_failures_and_malformed_messages_are_dead_lettered_with_their_
                 assert_eq!(header(m, retry::ATTEMPTS_HEADER).as_deref(), Some("1"));
             }
             Some("retries_exhausted") => {
-                assert_eq!(header(m, retry::ATTEMPTS_HEADER).as_deref(), Some("4"));
+                let attempts = TEST_MAX_ATTEMPTS.to_string();
+                assert_eq!(
+                    header(m, retry::ATTEMPTS_HEADER).as_deref(),
+                    Some(attempts.as_str())
+                );
                 assert_eq!(
                     header(m, retry::ORIGINAL_ROUTING_KEY_HEADER).as_deref(),
                     Some("inventory.stock_replenished"),
@@ -331,17 +336,26 @@ async fn a_relay_stopped_between_publish_and_mark_republishes_and_the_consumer_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_closed_by_force_mid_stream_lose_nothing() {
+async fn broker_and_database_connections_killed_mid_stream_lose_nothing() {
     let mut h = Harness::start("fault").await;
     h.spawn_relay();
     h.spawn_consumer();
     let products: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
-    let pool = h.pool().clone();
+    // The producer has a pool of its own, spared by the fault, so each of its commits is known.
+    let producer_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            sqlx::postgres::PgConnectOptions::from_str(&h.db.url)
+                .unwrap()
+                .application_name("warren-test-producer"),
+        )
+        .await
+        .unwrap();
     let producer_products = products.clone();
     let producer = tokio::spawn(async move {
         for seq in 0..150 {
             for p in &producer_products {
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = producer_pool.begin().await.unwrap();
                 enqueue_in(&mut tx, *p, seq).await;
                 tx.commit().await.unwrap();
             }
@@ -365,6 +379,18 @@ async fn connections_closed_by_force_mid_stream_lose_nothing() {
     for name in &closed {
         h.vhost.mgmt.close_connection(name).await;
     }
+    // PostgreSQL goes away too: every session of the relay, its listener and the consumer.
+    let mut admin = h.db.pool.acquire().await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND application_name <> 'warren-test-producer'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap();
+    drop(admin);
+    assert!(!killed.is_empty(), "some database sessions were killed");
     producer.await.unwrap();
     eventually(WAIT, "all 1200 events applied", || async {
         h.effects().await >= 1200
@@ -386,6 +412,32 @@ async fn connections_closed_by_force_mid_stream_lose_nothing() {
         h.unpublished().await == 0
     })
     .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_are_removed_after_retention_and_backlog_is_measured() {
+    let h = Harness::start("retention").await;
+    let product = Uuid::new_v4();
+    h.enqueue(product, 1).await;
+    h.enqueue(product, 2).await;
+    let mut config = h.relay_config();
+    config.retention = Duration::ZERO;
+    let relay = OutboxRelay::new(h.pool().clone(), config, h.metrics.clone());
+    relay.refresh_backlog_metrics().await.unwrap();
+    assert!(h.metrics.encode().contains("test_outbox_backlog 2"));
+    let mut channel = relay.connect().await.unwrap();
+    assert_eq!(relay.relay_batch(&mut channel).await.unwrap().published, 2);
+    channel.close().await;
+    h.enqueue(product, 3).await; // not published: must survive the cleanup
+    relay.housekeeping().await;
+    let left: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT count(*), bool_and(published_at IS NULL) FROM outbox")
+            .fetch_all(h.pool())
+            .await
+            .unwrap();
+    assert_eq!(left, vec![(1, true)]);
+    assert!(h.metrics.encode().contains("test_outbox_backlog 1"));
     h.stop().await;
 }
 

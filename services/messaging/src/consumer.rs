@@ -308,10 +308,10 @@ impl<H: EventHandler> IdempotentConsumer<H> {
 
     /// Handles a batch: one transaction if every handler succeeds, otherwise one per event.
     async fn handle_batch(&self, batch: &[Item]) -> std::result::Result<Vec<Handled>, sqlx::Error> {
-        if batch.iter().filter(|i| i.decoded.is_ok()).count() > 1 {
-            if let Some(handled) = self.try_batch_in_one_transaction(batch).await? {
-                return Ok(handled);
-            }
+        if batch.iter().filter(|i| i.decoded.is_ok()).count() > 1
+            && let Some(handled) = self.try_batch_in_one_transaction(batch).await?
+        {
+            return Ok(handled);
         }
         let mut out = Vec::with_capacity(batch.len());
         for item in batch {

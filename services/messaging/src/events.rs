@@ -207,7 +207,11 @@ fn decode_value<T: DeserializeOwned>(
     value: serde_json::Value,
 ) -> Result<T, DecodeError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
+        // serde_path_to_error renders the root as ".".
+        let path = match err.path().to_string() {
+            root if root == "." => String::new(),
+            path => path,
+        };
         let inner = err.into_inner().to_string();
         // serde reports a missing field as "missing field `x`" at the parent's path.
         if let Some(rest) = inner.strip_prefix("missing field `") {

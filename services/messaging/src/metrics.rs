@@ -178,6 +178,11 @@ mod tests {
         Metrics::by_type(&m.events_published, "order.cancelled").inc();
         m.consumed("inventory.reserved", "success");
         Metrics::by_type(&m.events_dlq, "inventory.reserved").inc();
+        m.events_publish_duration
+            .get_or_create(&EventTypeLabels {
+                event_type: "order.cancelled".into(),
+            })
+            .observe(0.002);
         let text = m.encode();
         assert!(text.contains("orders_events_published_total{event_type=\"order.cancelled\"} 1"));
         assert!(text.contains(
@@ -185,6 +190,9 @@ mod tests {
         ));
         assert!(text.contains("orders_events_dlq_total{event_type=\"inventory.reserved\"} 1"));
         assert!(text.contains("orders_outbox_backlog"));
-        assert!(text.contains("orders_events_publish_duration_seconds"));
+        assert!(text.contains(
+            "orders_events_publish_duration_seconds_bucket{le=\"0.0032\",event_type=\"order.cancelled\"} 1"
+        ), "{text}");
+        assert!(text.contains("orders_events_lag_seconds"));
     }
 }

@@ -87,7 +87,7 @@ impl RelayConfig {
             service: service.to_owned(),
             amqp_url: amqp_url.to_owned(),
             exchanges: exchanges.iter().map(|s| s.to_string()).collect(),
-            batch_size: 1000,
+            batch_size: 5000,
             confirm_window: 1000,
             poll_interval: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
@@ -291,11 +291,17 @@ impl OutboxRelay {
     /// If anything fails before the marks commit, nothing is marked and the rows go out again
     /// later: at-least-once, which the idempotent consumer absorbs.
     pub async fn relay_batch(&self, channel: &mut RelayChannel) -> Result<BatchReport> {
+        let started = Instant::now();
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .await?;
+        // The marks need no fsync before the next batch: if PostgreSQL loses them in a crash,
+        // the rows are published again and the idempotent consumer absorbs the duplicates.
+        // This keeps a disk flush off every relay cycle, which is what bounds latency.
+        let (locked, _): (bool, String) = sqlx::query_as(
+            "SELECT pg_try_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
+        )
+        .bind(RELAY_LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
         if !locked {
             return Ok(BatchReport {
                 busy: true,
@@ -324,7 +330,9 @@ impl OutboxRelay {
             return Ok(BatchReport::default());
         }
 
+        let selected = started.elapsed();
         let outcomes = self.publish_rows(channel, &rows).await?;
+        let confirmed = started.elapsed();
 
         let mut published = Vec::with_capacity(rows.len());
         let mut failed = Vec::new();
@@ -383,6 +391,9 @@ impl OutboxRelay {
         tracing::debug!(
             published = published.len(),
             failed = failed.len(),
+            select_ms = selected.as_secs_f64() * 1e3,
+            publish_ms = (confirmed - selected).as_secs_f64() * 1e3,
+            mark_ms = (started.elapsed() - confirmed).as_secs_f64() * 1e3,
             "outbox batch relayed"
         );
         Ok(BatchReport {

@@ -28,8 +28,7 @@ use warren_messaging::{
     ConsumerConfig, Envelope, Event, EventHandler, HandlerError, IdempotentConsumer, Metrics,
     OutboxRelay, RelayConfig,
 };
-use warren_tests::harness::TEST_RETRY_TTLS_MS;
-use warren_tests::{TestDatabase, TestVhost, declare_adr_topology};
+use warren_tests::{TestDatabase, TestVhost, apply_topology};
 
 /// Publisher confirm window shared by the raw baseline and the relay.
 const CONFIRM_WINDOW: usize = 1000;
@@ -45,7 +44,7 @@ struct Bench {
 impl Bench {
     async fn new(name: &str) -> Bench {
         let vhost = TestVhost::create(&format!("bench-{name}")).await;
-        declare_adr_topology(&vhost.mgmt, &vhost.name, &TEST_RETRY_TTLS_MS).await;
+        apply_topology(&vhost.name).await;
         let db = TestDatabase::create(&format!("bench_{name}")).await;
         Bench { vhost, db }
     }
@@ -73,7 +72,6 @@ impl Bench {
     fn relay(&self, metrics: &Metrics) -> OutboxRelay {
         let mut config = RelayConfig::new("bench", &self.vhost.amqp_url(), &[INVENTORY_EXCHANGE]);
         config.confirm_window = CONFIRM_WINDOW;
-        config.batch_size = CONFIRM_WINDOW as i64;
         OutboxRelay::new(self.db.pool.clone(), config, metrics.clone())
     }
 
@@ -84,7 +82,6 @@ impl Bench {
             ORDERS_INVENTORY_EVENTS_QUEUE,
         );
         config.prefetch = PREFETCH;
-        config.retry.delays = TEST_RETRY_TTLS_MS.map(Duration::from_millis).to_vec();
         config
     }
 }
