@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_test::mock::{Handle, SendResponse};
-use warren_operator::controller::{Settings, run_controllers};
+use warren_operator::controller::{OperatorArgs, Settings, run_controllers, serve};
 use warren_operator::rabbitmq::{ExchangeDef, FakeBroker, ManagementApi, QueueDef};
 
 use controller_support::{FakeConnector, NS, context, reply, resource};
@@ -66,7 +66,7 @@ fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
 }
 
-async fn serve(
+async fn fake_api_server(
     mut handle: Handle<Request<Body>, Response<Body>>,
     cluster: Arc<Mutex<Cluster>>,
     mut adds: mpsc::UnboundedReceiver<Add>,
@@ -144,10 +144,63 @@ async fn answer(
             reply(send, 200, &object);
         }
         (Method::POST, None, None) if collection.ends_with("/events") => reply(send, 201, &body),
+        (Method::POST, None, None) => {
+            let mut object = body;
+            object["metadata"]["resourceVersion"] = json!("1");
+            state
+                .objects
+                .entry(collection)
+                .or_default()
+                .push(object.clone());
+            reply(send, 201, &object);
+        }
+        (Method::PUT, Some(name), None) => {
+            // Optimistic concurrency, as the API server does it.
+            let objects = state.objects.entry(collection).or_default();
+            match objects
+                .iter_mut()
+                .find(|o| o["metadata"]["name"] == name.as_str())
+            {
+                Some(stored)
+                    if stored["metadata"]["resourceVersion"]
+                        == body["metadata"]["resourceVersion"] =>
+                {
+                    let version = stored["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let mut object = body;
+                    object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+                    *stored = object.clone();
+                    reply(send, 200, &object);
+                }
+                Some(_) => reply(
+                    send,
+                    409,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "modified"}),
+                ),
+                None => reply(send, 404, &not_found()),
+            }
+        }
         (method, name, subresource) => {
             panic!("fake API server: unexpected {method} {path} ({name:?}, {subresource:?})")
         }
     }
+}
+
+/// The fake API server's copy of object `name` in the collection at `path`.
+fn stored(cluster: &Mutex<Cluster>, path: &str, name: &str) -> Option<Value> {
+    cluster
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .objects
+        .get(path)
+        .and_then(|objects| {
+            objects
+                .iter()
+                .find(|o| o["metadata"]["name"] == name)
+                .cloned()
+        })
 }
 
 fn ready_reason(status: &Value) -> Option<String> {
@@ -176,13 +229,14 @@ struct Running {
     cluster: Arc<Mutex<Cluster>>,
     adds: mpsc::UnboundedSender<Add>,
     stop: CancellationToken,
-    controllers: tokio::task::JoinHandle<()>,
+    controllers: tokio::task::JoinHandle<warren_operator::Result<()>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// Starts the controllers over `objects` (collection name under warren.dev → objects).
-    fn start(objects: Vec<(&str, Value)>) -> Running {
+    /// Starts the controllers over `objects` (collection name under warren.dev → objects), or,
+    /// given `operator` flags, all of `warren operator` (CRD check, leader election, ...).
+    fn start(objects: Vec<(&str, Value)>, operator: Option<OperatorArgs>) -> Running {
         let rabbitmq = Arc::new(FakeBroker::new());
         let connector = Arc::new(FakeConnector {
             broker: rabbitmq.clone(),
@@ -192,7 +246,7 @@ impl Running {
             backoff_base: Duration::from_secs(60),
             ..Settings::default()
         };
-        let (ctx, api) = context(connector, settings);
+        let (ctx, api) = context(connector.clone(), settings);
         let cluster = Arc::new(Mutex::new(Cluster::default()));
         {
             let mut state = cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,11 +263,19 @@ impl Running {
             );
         }
         let (adds, added) = mpsc::unbounded_channel();
-        let server = tokio::spawn(serve(api.0, cluster.clone(), added));
+        let server = tokio::spawn(fake_api_server(api.0, cluster.clone(), added));
         let stop = CancellationToken::new();
         let controllers = tokio::spawn({
             let stop = stop.clone();
-            async move { run_controllers(ctx, &[Some(NS.to_owned())], 2, stop).await }
+            async move {
+                match operator {
+                    Some(args) => serve(ctx.client.clone(), &args, connector, stop).await,
+                    None => {
+                        run_controllers(ctx, &[Some(NS.to_owned())], 2, stop).await;
+                        Ok(())
+                    }
+                }
+            }
         });
         Running {
             rabbitmq,
@@ -257,13 +319,19 @@ impl Running {
     }
 
     /// Graceful shutdown: every controller returns once `stop` is cancelled.
-    async fn stop(self) {
+    async fn stop(self) -> warren_operator::Result<()> {
         self.stop.cancel();
-        tokio::time::timeout(DEADLINE, self.controllers)
+        let result = tokio::time::timeout(DEADLINE, self.controllers)
             .await
             .unwrap_or_else(|_| panic!("controllers did not stop within {DEADLINE:?}"))
             .unwrap_or_else(|e| panic!("controllers panicked: {e}"));
         self.server.abort();
+        result
+    }
+
+    /// The stored object `name` of the collection at `path`.
+    fn object(&self, path: &str, name: &str) -> Option<Value> {
+        stored(&self.cluster, path, name)
     }
 }
 
@@ -278,7 +346,7 @@ fn queue() -> Value {
 
 #[tokio::test]
 async fn a_broker_appearing_requeues_the_queues_that_name_it() {
-    let running = Running::start(vec![("queues", queue())]);
+    let running = Running::start(vec![("queues", queue())], None);
     running.wait_for("queues", "orders", "BrokerNotFound").await;
     assert!(running.rabbitmq.writes().is_empty());
 
@@ -292,7 +360,7 @@ async fn a_broker_appearing_requeues_the_queues_that_name_it() {
     assert!(declared.is_some());
     // The Broker controller probed the new Broker too.
     running.wait_for("brokers", "local", "Reachable").await;
-    running.stop().await;
+    assert!(running.stop().await.is_ok());
 }
 
 #[tokio::test]
@@ -304,7 +372,7 @@ async fn a_queue_appearing_requeues_the_bindings_that_route_to_it() {
         true,
         None,
     );
-    let running = Running::start(vec![("brokers", broker()), ("bindings", binding)]);
+    let running = Running::start(vec![("brokers", broker()), ("bindings", binding)], None);
     running
         .rabbitmq
         .put_exchange(&ExchangeDef {
@@ -341,5 +409,46 @@ async fn a_queue_appearing_requeues_the_bindings_that_route_to_it() {
         .wait_for("bindings", "orders-to-inventory", "Created")
         .await;
     running.wait_for("queues", "orders", "InSync").await;
-    running.stop().await;
+    assert!(running.stop().await.is_ok());
+}
+
+#[tokio::test]
+async fn warren_operator_checks_crds_takes_the_lease_reconciles_and_releases_it() {
+    let args = OperatorArgs {
+        namespaces: vec![NS.to_owned()],
+        port: 0,
+        leader_elect: true,
+        lease_name: "warren-operator".to_owned(),
+        lease_namespace: NS.to_owned(),
+        lease_seconds: 3,
+        resync_seconds: 60,
+        cleanup_grace_seconds: 600,
+        concurrency: 2,
+    };
+    let running = Running::start(vec![("brokers", broker()), ("queues", queue())], Some(args));
+    running.wait_for("queues", "orders", "Created").await;
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
+    let lease = running
+        .object(&leases, "warren-operator")
+        .unwrap_or_else(|| panic!("the operator created its Lease"));
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{lease}"
+    );
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 3);
+
+    let cluster = running.cluster.clone();
+    assert!(
+        running.stop().await.is_ok(),
+        "SIGTERM-like shutdown is a clean exit"
+    );
+    // Released, so a standby takes over at once instead of waiting for expiry.
+    let released = stored(&cluster, &leases, "warren-operator")
+        .unwrap_or_else(|| panic!("the Lease is still there"));
+    assert!(
+        released["spec"].get("holderIdentity").is_none(),
+        "{released}"
+    );
 }

@@ -22,7 +22,7 @@ pub use connect::{BrokerConnector, HttpConnector, broker_connection};
 pub use context::{Context, Settings};
 pub use kinds::TopologyKind;
 pub use metrics::Metrics;
-pub use operator::{OperatorArgs, check_crds, run, run_controllers};
+pub use operator::{OperatorArgs, check_crds, run, run_controllers, serve};
 pub use server::{Probes, router};
 pub use topology::{error_policy, observe_one, reconcile};
 

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::connect::HttpConnector;
+use super::connect::{BrokerConnector, HttpConnector};
 use super::context::{Context, Settings};
 use super::kinds::TopologyKind;
 use super::leader::{LeaderElector, Leadership};
@@ -66,6 +66,19 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         action: "connect to the API server (in-cluster service account or KUBECONFIG)".to_owned(),
         source,
     })?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    serve(client, &args, Arc::new(HttpConnector), shutdown).await
+}
+
+/// Everything `warren operator` does once connected: CRD check, HTTP endpoints, leader election
+/// and the controllers, until `shutdown` is cancelled (Ok) or a fatal error.
+pub async fn serve(
+    client: Client,
+    args: &OperatorArgs,
+    connector: Arc<dyn BrokerConnector>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {
@@ -81,8 +94,6 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let probes = Probes::new(Arc::new(registry));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port))
         .await
@@ -103,7 +114,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Arc::new(HttpConnector),
+        connector,
         metrics.clone(),
         settings,
         Some(identity.clone()),
