@@ -287,37 +287,45 @@ async fn lead(
     tracing::info!(lease = %elector.lease(), "acquired the leader Lease: reconciling");
     ctx.metrics.set_leader(true);
     let stop = shutdown.child_token();
-    let controllers = run_controllers(ctx.clone(), scopes, concurrency, stop.clone());
-    tokio::pin!(controllers);
+    // A task of its own, so the controllers keep running while a renewal call is in flight.
+    let mut controllers = tokio::spawn({
+        let (ctx, scopes, stop) = (ctx.clone(), scopes.to_vec(), stop.clone());
+        async move { run_controllers(ctx, &scopes, concurrency, stop).await }
+    });
     let mut last_renewal = Instant::now();
     let outcome = loop {
         tokio::select! {
-            () = &mut controllers => break Ok(()),
+            _ = &mut controllers => break Ok(()),
             _ = tokio::time::sleep(retry) => {}
         }
-        match elector.try_acquire_or_renew().await {
-            Ok(Leadership::Leading) => last_renewal = Instant::now(),
-            Ok(Leadership::Following(holder)) => {
+        // A hanging API server must not keep us "leading" past the deadline.
+        let round = tokio::time::timeout(retry, elector.try_acquire_or_renew()).await;
+        match round {
+            Ok(Ok(Leadership::Leading)) => last_renewal = Instant::now(),
+            Ok(Ok(Leadership::Following(holder))) => {
                 break Err(Error::LeadershipLost {
                     lease: elector.lease(),
                     holder,
                 });
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(error = %topology::error_chain(&error), "cannot renew the leader Lease");
-                if last_renewal.elapsed() >= renew_deadline {
-                    break Err(Error::LeadershipLost {
-                        lease: elector.lease(),
-                        holder: "nobody (renewal kept failing)".to_owned(),
-                    });
-                }
             }
+            Err(_) => tracing::warn!("renewing the leader Lease timed out"),
+        }
+        if last_renewal.elapsed() >= renew_deadline {
+            break Err(Error::LeadershipLost {
+                lease: elector.lease(),
+                holder: "nobody (renewal kept failing)".to_owned(),
+            });
         }
     };
     if outcome.is_err() {
         // Stop reconciling at once; running reconciles finish, nothing new starts.
         stop.cancel();
-        controllers.await;
+        if let Err(error) = controllers.await {
+            tracing::warn!(error = %error, "controllers ended abnormally");
+        }
     }
     ctx.metrics.set_leader(false);
     if outcome.is_ok()
