@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
 use super::context::Context;
+use super::status::truncate;
 
 /// The API server refuses Event notes over 1 kB.
 const MAX_NOTE_BYTES: usize = 1024;
@@ -37,31 +38,5 @@ pub async fn publish(
             error = %error,
             "could not publish Event"
         );
-    }
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncation_respects_character_boundaries() {
-        assert_eq!(truncate("short", 10), "short");
-        let long = "é".repeat(600);
-        let cut = truncate(&long, 1024);
-        assert!(cut.len() <= 1024);
-        assert!(cut.ends_with("..."));
     }
 }

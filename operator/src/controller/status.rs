@@ -22,13 +22,16 @@ pub struct Verdict {
     pub message: String,
 }
 
+/// The API server refuses condition messages over 32 768 bytes.
+const MAX_MESSAGE_BYTES: usize = 32_768;
+
 impl Verdict {
     /// A Ready=True verdict.
     pub fn ready(reason: &'static str, message: impl Into<String>) -> Self {
         Verdict {
             ready: true,
             reason,
-            message: message.into(),
+            message: truncate(&message.into(), MAX_MESSAGE_BYTES),
         }
     }
 
@@ -37,7 +40,7 @@ impl Verdict {
         Verdict {
             ready: false,
             reason,
-            message: message.into(),
+            message: truncate(&message.into(), MAX_MESSAGE_BYTES),
         }
     }
 
@@ -97,4 +100,36 @@ where
         source,
     })?;
     Ok(())
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `...`.
+pub(super) fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_character_boundaries() {
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(600);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024);
+        assert!(cut.ends_with("..."));
+    }
+
+    #[test]
+    fn oversized_rabbitmq_text_still_fits_a_condition() {
+        let verdict = Verdict::not_ready("RabbitMQError", "x".repeat(100_000));
+        assert!(verdict.message.len() <= MAX_MESSAGE_BYTES);
+    }
 }
