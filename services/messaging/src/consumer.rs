@@ -190,7 +190,20 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             else {
                 break;
             };
-            broker::verify_topology(&conn, &self.config.required_topology()).await?;
+            match broker::verify_topology(&conn, &self.config.required_topology()).await {
+                Ok(()) => {}
+                Err(Error::MissingTopology(what)) => return Err(Error::MissingTopology(what)),
+                Err(err) => {
+                    // The connection failed mid-check: try again like any other outage.
+                    tracing::warn!(error = %err, queue = %self.config.queue, "topology check failed, reconnecting");
+                    let _ = conn.close(200, "retrying".into()).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    continue;
+                }
+            }
             match self.session(&conn, &shutdown).await {
                 Ok(()) => {}
                 Err(err) => {
