@@ -157,7 +157,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
         .unwrap_or_else(|e| panic!("{e}"));
     let broker = controller_support::broker(&management_url());
 
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
     let object = binding_json(&vhost.0, false);
     let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
     api_server.broker_and_secret(&broker, &secret()).await;
@@ -181,7 +181,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
 #[tokio::test]
 async fn a_binding_to_a_missing_queue_reports_rabbitmqs_text_and_backs_off() {
     let vhost = Vhost::new("dangling").await;
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
     let object = binding_json(&vhost.0, false);
     let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
     api_server
@@ -212,7 +212,7 @@ fn queue_json(deleting_since: Option<jiff::Timestamp>) -> Value {
 
 #[tokio::test]
 async fn an_unreachable_broker_is_ready_false_and_retried_with_growing_backoff() {
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
     let object = queue_json(None);
     let queue: Arc<Queue> = typed(&object);
     let task = tokio::spawn(reconcile(queue.clone(), ctx.clone()));
@@ -275,7 +275,7 @@ async fn cleanup_retries_an_unreachable_broker_then_gives_up_after_the_grace_per
         cleanup_grace: Duration::from_secs(600),
         ..Settings::default()
     };
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector), settings);
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), settings);
     let broker = controller_support::broker(DEAD_URL);
 
     // Just deleted: keep trying (the broker may come back).

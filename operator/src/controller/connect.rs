@@ -1,7 +1,11 @@
 //! From a Broker resource and its Secrets to a management API client. Credentials are read from
 //! the Secret on every reconcile (so rotation needs no restart) and never logged.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
@@ -17,12 +21,62 @@ pub trait BrokerConnector: Send + Sync {
 }
 
 /// The production connector: HTTPS (or HTTP) to the management API.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HttpConnector;
+///
+/// Clients are kept per connection (URL, credentials, TLS material), so reconciles reuse pooled
+/// keep-alive connections instead of a TCP and TLS handshake each; rotating the Secret yields a
+/// new key and so a new client.
+#[derive(Default)]
+pub struct HttpConnector {
+    clients: Mutex<HashMap<ConnectionKey, Arc<dyn ManagementApi>>>,
+}
+
+/// Most Brokers a cluster plausibly has; past this the cache starts over (stale keys of rotated
+/// credentials cannot pile up).
+const MAX_CACHED_CLIENTS: usize = 64;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ConnectionKey {
+    management_url: String,
+    username: String,
+    password: String,
+    ca_bundle_pem: Option<Vec<u8>>,
+    client_identity_pem: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl ConnectionKey {
+    fn of(connection: &BrokerConnection) -> Self {
+        ConnectionKey {
+            management_url: connection.management_url.clone(),
+            username: connection.credentials.username.clone(),
+            password: connection.credentials.password.clone(),
+            ca_bundle_pem: connection.ca_bundle_pem.clone(),
+            client_identity_pem: connection.client_identity_pem.clone(),
+            timeout: connection.timeout,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys hold credentials: never print them.
+        f.debug_struct("HttpConnector").finish_non_exhaustive()
+    }
+}
 
 impl BrokerConnector for HttpConnector {
     fn connect(&self, connection: &BrokerConnection) -> Result<Arc<dyn ManagementApi>> {
-        Ok(Arc::new(HttpManagementApi::new(connection)?))
+        let key = ConnectionKey::of(connection);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client: Arc<dyn ManagementApi> = Arc::new(HttpManagementApi::new(connection)?);
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
@@ -86,4 +140,42 @@ fn utf8_key(secret: &Secret, namespace: &str, name: &str, field: &str) -> Result
     })?;
     // `kubectl create secret --from-file` keeps a trailing newline that no password contains.
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(password: &str) -> BrokerConnection {
+        BrokerConnection::new(
+            "http://rabbitmq.example:15672",
+            Credentials {
+                username: "warren".to_owned(),
+                password: password.to_owned(),
+            },
+        )
+    }
+
+    #[test]
+    fn clients_are_reused_per_connection_and_renewed_with_the_credentials() {
+        let connector = HttpConnector::default();
+        let connect = |password: &str| {
+            connector
+                .connect(&connection(password))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let first = connect("one");
+        assert!(
+            Arc::ptr_eq(&first, &connect("one")),
+            "same connection, same client"
+        );
+        assert!(
+            !Arc::ptr_eq(&first, &connect("two")),
+            "rotated password, new client"
+        );
+        assert!(
+            !format!("{connector:?}").contains("one"),
+            "Debug never shows credentials"
+        );
+    }
 }

@@ -68,7 +68,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     })?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    serve(client, &args, Arc::new(HttpConnector), shutdown).await
+    serve(client, &args, Arc::new(HttpConnector::default()), shutdown).await
 }
 
 /// Everything `warren operator` does once connected: CRD check, HTTP endpoints, leader election
