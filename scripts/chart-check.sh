@@ -53,6 +53,11 @@ VALUE_SETS = {
     },
     "single-replica-no-election": {"replicaCount": 1, "leaderElection": {"enabled": False}},
 }
+# Values the chart's values.schema.json must refuse.
+BAD_VALUES = {
+    "namespace-not-a-dns-label": {"watchNamespaces": ["Not_A_Namespace"]},
+    "lease-too-short": {"leaderElection": {"leaseSeconds": 1}},
+}
 
 failures = []
 
@@ -147,6 +152,14 @@ for label, values in VALUE_SETS.items():
     check_rbac(label, values, rendered)
     if len(failures) == before:
         print(f"ok   {label}: {len(rendered)} objects rendered and validated")
+
+for label, values in BAD_VALUES.items():
+    try:
+        chart.render(values, name="warren", namespace="warren-system", is_install=True)
+    except helm.HelmError:
+        print(f"ok   refused {label}")
+    else:
+        fail(f"values.schema.json accepted {label}: {values}")
 
 with open(INFRA) as stream:
     before = len(failures)
