@@ -71,6 +71,7 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
             .map(|o| o.cluster_name.clone())
             .or(current.cluster_name.clone()),
     };
+    // A plain struct with string keys: serializing cannot fail.
     let status_json = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
     status::apply(&api, &*broker, status_json).await?;
     if !verdict.matches(&current.conditions) {

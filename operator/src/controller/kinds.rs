@@ -54,6 +54,7 @@ pub trait TopologyKind:
     ) -> Value;
 }
 
+// Serializing these plain structs (string keys only) cannot fail; Null is never reached.
 fn topology_status(conditions: Vec<Condition>, generation: Option<i64>) -> Value {
     serde_json::to_value(TopologyStatus {
         observed_generation: generation,

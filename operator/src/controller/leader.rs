@@ -120,7 +120,11 @@ impl LeaderElector {
                 Some(stamp.clone())
             },
             renew_time: Some(stamp),
-            lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + if ours { 0 } else { 1 }),
+            lease_transitions: Some(spec.lease_transitions.unwrap_or(0).saturating_add(if ours {
+                0
+            } else {
+                1
+            })),
             ..spec
         });
         // `replace` sends metadata.resourceVersion: if anyone wrote since our read, the API
