@@ -118,9 +118,10 @@ holder=$(kube -n "$OPERATOR_NS" get lease warren-operator -o jsonpath='{.spec.ho
 [ -n "$holder" ] || die "nobody holds the leader Lease"
 echo "leader: $holder"
 
-log "metrics are served"
-kube get --raw "/api/v1/namespaces/$OPERATOR_NS/services/warren-metrics:8080/proxy/metrics" \
-    | grep -q '^warren_reconciliations_total' || die "/metrics lacks warren_reconciliations_total"
+log "the leader serves metrics"
+# Through the API server's pod proxy: the standby replica has reconciled nothing.
+kube get --raw "/api/v1/namespaces/$OPERATOR_NS/pods/$holder:8080/proxy/metrics" \
+    | grep -q '^warren_reconciliations_total{' || die "/metrics lacks warren_reconciliations_total"
 
 # --- drift -------------------------------------------------------------------------------------
 victim=$(printf '%s\n' "$declared" | head -n 1)
