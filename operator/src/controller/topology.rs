@@ -134,6 +134,15 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
     )
     .await?;
     if announce {
+        tracing::info!(
+            kind = %K::kind(&()),
+            namespace = object.meta().namespace.as_deref().unwrap_or_default(),
+            name = object.meta().name.as_deref().unwrap_or_default(),
+            ready = verdict.ready,
+            reason = verdict.reason,
+            message = %verdict.message,
+            "reconciled"
+        );
         events::publish(
             ctx,
             &object.object_ref(&()),
@@ -303,6 +312,14 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
             )
         }
     };
+    tracing::info!(
+        kind = %K::kind(&()),
+        namespace = reference.namespace.as_deref().unwrap_or_default(),
+        name = reference.name.as_deref().unwrap_or_default(),
+        reason = outcome,
+        message = %note,
+        "cleaned up: finalizer released"
+    );
     events::publish(ctx, &reference, warning, outcome, "Delete", &note).await;
     Ok(Action::await_change())
 }
