@@ -1,0 +1,90 @@
+//! The consumer side: `order.completed` confirms an order's reservations, `order.cancelled` and
+//! `order.payment_failed` release them. Everything goes through the consumer's transaction, so
+//! the effect, its events and the processed-event record commit together.
+
+use sqlx::PgConnection;
+use warren_messaging::events::ReleaseReason;
+use warren_messaging::{Envelope, Event, EventHandler, HandlerError};
+
+use crate::metrics::InventoryMetrics;
+use crate::reservation::{self, ReservationStatus, Settlement};
+use crate::store;
+
+/// Applies order events to reservations.
+#[derive(Clone)]
+pub struct OrderEventsHandler {
+    metrics: InventoryMetrics,
+}
+
+impl OrderEventsHandler {
+    /// A handler counting its work in `metrics`.
+    pub fn new(metrics: InventoryMetrics) -> OrderEventsHandler {
+        OrderEventsHandler { metrics }
+    }
+
+    async fn settle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), crate::Error> {
+        let (order_id, decide): (_, Box<dyn Fn(&[ReservationStatus]) -> Settlement + Send>) =
+            match &envelope.event {
+                Event::OrderCompleted(e) => (e.order_id, Box::new(reservation::on_order_completed)),
+                Event::OrderCancelled(e) => (
+                    e.order_id,
+                    Box::new(|s: &[ReservationStatus]| {
+                        reservation::on_order_abandoned(s, ReleaseReason::OrderCancelled)
+                    }),
+                ),
+                Event::OrderPaymentFailed(e) => (
+                    e.order_id,
+                    Box::new(|s: &[ReservationStatus]| {
+                        reservation::on_order_abandoned(s, ReleaseReason::PaymentFailed)
+                    }),
+                ),
+                // Inventory's own events are not routed here; anything else is not ours to act on.
+                other => {
+                    tracing::debug!(event_type = other.event_type(), "ignoring event");
+                    return Ok(());
+                }
+            };
+        let reservations = store::lock_reservations_of_order(conn, order_id).await?;
+        let statuses: Vec<ReservationStatus> = reservations
+            .iter()
+            .map(store::Reservation::status)
+            .collect();
+        let correlation_id = envelope.metadata.correlation_id.clone();
+        match decide(&statuses) {
+            Settlement::Nothing => {
+                // Orders may cancel before anything was reserved, or deliver a repeat.
+                tracing::info!(%order_id, reservations = reservations.len(), "nothing left to settle");
+            }
+            Settlement::Confirm => {
+                let n = store::confirm_locked(conn, &reservations, &correlation_id).await?;
+                self.metrics.confirmed(n);
+                tracing::info!(%order_id, confirmed = n, "order's reservations confirmed");
+            }
+            Settlement::Release(reason) => {
+                let n =
+                    store::release_locked(conn, &reservations, reason, |_| correlation_id.clone())
+                        .await?;
+                self.metrics.released(reason, n);
+                tracing::info!(%order_id, released = n, reason = reservation::release_reason_str(reason), "order's reservations released");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for OrderEventsHandler {
+    async fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        self.settle(conn, event).await.map_err(|err| match err {
+            crate::Error::Database(db) => HandlerError::from(db),
+            crate::Error::Messaging(warren_messaging::Error::Database(db)) => {
+                HandlerError::from(db)
+            }
+            // Counters that would not balance are a bug or a corrupted row: retrying cannot help.
+            other => HandlerError::permanent(other),
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! Starting and stopping the inventory worker: migrations, a topology check, the outbox relay,
+//! the idempotent consumer, the expiry sweeper, a broker probe for `/readyz`, and the HTTP
+//! server; `Service::shutdown` stops taking work, finishes what is in flight, then closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use warren_messaging::broker::{self, Backoff, RequiredTopology};
+use warren_messaging::config::redact;
+use warren_messaging::topology::{INVENTORY_EXCHANGE, INVENTORY_ORDER_EVENTS_QUEUE};
+use warren_messaging::{ConsumerConfig, IdempotentConsumer, Metrics, OutboxRelay, RelayConfig};
+
+use crate::api::{self, AppState, Readiness};
+use crate::metrics::InventoryMetrics;
+use crate::order_events::OrderEventsHandler;
+use crate::sweeper::ReservationExpirySweeper;
+use crate::{Config, Error, Result, database};
+
+/// The service name in connection names, metrics prefix and logs.
+const SERVICE: &str = "inventory";
+
+/// A running inventory worker.
+pub struct Service {
+    http_addr: SocketAddr,
+    metrics: Metrics,
+    pool: PgPool,
+    /// Stops intake: HTTP, consumer, sweeper, probe.
+    intake: CancellationToken,
+    /// Stops the relay, last, so events of in-flight work still go out.
+    relay_stop: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    consumer: JoinHandle<warren_messaging::Result<()>>,
+    sweeper: JoinHandle<()>,
+    probe: JoinHandle<()>,
+    relay: JoinHandle<warren_messaging::Result<()>>,
+}
+
+/// Starts the inventory worker; fails if the database, the broker or its topology is missing.
+pub async fn start(config: Config) -> Result<Service> {
+    tracing::info!(
+        database = %redact(&config.database_url),
+        amqp = %redact(&config.amqp_url),
+        http_addr = %config.http_addr,
+        reservation_ttl_s = config.reservation_ttl.as_secs(),
+        "starting inventory"
+    );
+    let pool = database::connect_and_migrate(&config.database_url, config.database_max_connections)
+        .await?;
+
+    let consumer_config =
+        ConsumerConfig::new(SERVICE, &config.amqp_url, INVENTORY_ORDER_EVENTS_QUEUE);
+    let relay_config = RelayConfig::new(SERVICE, &config.amqp_url, &[INVENTORY_EXCHANGE]);
+    // Check the topology now, so a missing one fails `start` instead of a background task.
+    let mut required: RequiredTopology = consumer_config.required_topology();
+    required.exchanges.push(INVENTORY_EXCHANGE.to_owned());
+    let check = broker::connect(&config.amqp_url, "inventory-topology-check").await?;
+    let verified = broker::verify_topology(&check, &required).await;
+    let _ = check.close(200, "checked".into()).await;
+    verified?;
+
+    let metrics = Metrics::new(SERVICE);
+    let inventory_metrics = InventoryMetrics::register(&metrics);
+    let readiness = Readiness::default();
+    let intake = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+
+    let relay = OutboxRelay::new(pool.clone(), relay_config, metrics.clone());
+    let relay = tokio::spawn(watch(
+        "outbox relay",
+        readiness.messaging_stopped.clone(),
+        relay.run(relay_stop.clone()),
+    ));
+    let consumer = IdempotentConsumer::new(
+        pool.clone(),
+        consumer_config,
+        OrderEventsHandler::new(inventory_metrics.clone()),
+        metrics.clone(),
+    );
+    let consumer = tokio::spawn(watch(
+        "order events consumer",
+        readiness.messaging_stopped.clone(),
+        consumer.run(intake.clone()),
+    ));
+    let sweeper = ReservationExpirySweeper::new(
+        pool.clone(),
+        config.expiry_sweep_batch,
+        inventory_metrics.clone(),
+    );
+    let sweeper = tokio::spawn(sweeper.run(config.expiry_sweep_interval, intake.clone()));
+    let probe = tokio::spawn(probe_broker(
+        config.amqp_url.clone(),
+        readiness.broker_connected.clone(),
+        intake.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let app = api::router(AppState {
+        pool: pool.clone(),
+        reservation_ttl: config.reservation_ttl,
+        metrics: metrics.clone(),
+        inventory_metrics,
+        readiness,
+    });
+    let http = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(intake.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(%http_addr, "inventory listening");
+    Ok(Service {
+        http_addr,
+        metrics,
+        pool,
+        intake,
+        relay_stop,
+        http,
+        consumer,
+        sweeper,
+        probe,
+        relay,
+    })
+}
+
+/// Runs a messaging task and flags `/readyz` if it ever stops on its own.
+async fn watch(
+    what: &'static str,
+    stopped: Arc<AtomicBool>,
+    task: impl Future<Output = warren_messaging::Result<()>>,
+) -> warren_messaging::Result<()> {
+    let result = task.await;
+    if let Err(err) = &result {
+        tracing::error!(error = %err, task = what, "messaging task stopped");
+    }
+    stopped.store(true, Ordering::Relaxed);
+    result
+}
+
+/// Holds one AMQP connection to tell `/readyz` whether the broker is reachable; the relay and
+/// consumer reconnect on their own, this only reports.
+async fn probe_broker(amqp_url: String, connected: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    while let Some(conn) =
+        broker::connect_with_backoff(&amqp_url, "inventory-readiness", &mut backoff, &shutdown)
+            .await
+    {
+        connected.store(true, Ordering::Relaxed);
+        while conn.status().connected() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = conn.close(200, "stopping".into()).await;
+                    connected.store(false, Ordering::Relaxed);
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        connected.store(false, Ordering::Relaxed);
+        tracing::warn!("readiness probe lost the broker connection");
+    }
+}
+
+impl Service {
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The metrics served on `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The inventory database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Stops taking work (HTTP requests, deliveries, sweeps), lets in-flight work finish, stops
+    /// the relay last, and closes the database pool. Events not yet relayed stay in the outbox
+    /// for the next start.
+    pub async fn shutdown(self) -> Result<()> {
+        self.intake.cancel();
+        let http = self.http.await;
+        let consumer = self.consumer.await;
+        let sweeper = self.sweeper.await;
+        let probe = self.probe.await;
+        self.relay_stop.cancel();
+        let relay = self.relay.await;
+        self.pool.close().await;
+        tracing::info!("inventory stopped");
+        http.map_err(|e| Error::Task(format!("HTTP server: {e}")))??;
+        consumer.map_err(|e| Error::Task(format!("consumer: {e}")))??;
+        relay.map_err(|e| Error::Task(format!("outbox relay: {e}")))??;
+        sweeper.map_err(|e| Error::Task(format!("expiry sweeper: {e}")))?;
+        probe.map_err(|e| Error::Task(format!("readiness probe: {e}")))?;
+        Ok(())
+    }
+}
