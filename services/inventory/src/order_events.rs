@@ -27,34 +27,28 @@ impl OrderEventsHandler {
         conn: &mut PgConnection,
         envelope: &Envelope,
     ) -> Result<(), crate::Error> {
-        let (order_id, decide): (_, Box<dyn Fn(&[ReservationStatus]) -> Settlement + Send>) =
-            match &envelope.event {
-                Event::OrderCompleted(e) => (e.order_id, Box::new(reservation::on_order_completed)),
-                Event::OrderCancelled(e) => (
-                    e.order_id,
-                    Box::new(|s: &[ReservationStatus]| {
-                        reservation::on_order_abandoned(s, ReleaseReason::OrderCancelled)
-                    }),
-                ),
-                Event::OrderPaymentFailed(e) => (
-                    e.order_id,
-                    Box::new(|s: &[ReservationStatus]| {
-                        reservation::on_order_abandoned(s, ReleaseReason::PaymentFailed)
-                    }),
-                ),
-                // Inventory's own events are not routed here; anything else is not ours to act on.
-                other => {
-                    tracing::debug!(event_type = other.event_type(), "ignoring event");
-                    return Ok(());
-                }
-            };
+        // `abandoned` is the release reason of a cancellation or failed payment; inventory's
+        // own events are not routed here, and anything else is not ours to act on.
+        let (order_id, abandoned) = match &envelope.event {
+            Event::OrderCompleted(e) => (e.order_id, None),
+            Event::OrderCancelled(e) => (e.order_id, Some(ReleaseReason::OrderCancelled)),
+            Event::OrderPaymentFailed(e) => (e.order_id, Some(ReleaseReason::PaymentFailed)),
+            other => {
+                tracing::debug!(event_type = other.event_type(), "ignoring event");
+                return Ok(());
+            }
+        };
         let reservations = store::lock_reservations_of_order(conn, order_id).await?;
         let statuses: Vec<ReservationStatus> = reservations
             .iter()
             .map(store::Reservation::status)
             .collect();
         let correlation_id = envelope.metadata.correlation_id.clone();
-        match decide(&statuses) {
+        let settlement = match abandoned {
+            None => reservation::on_order_completed(&statuses),
+            Some(reason) => reservation::on_order_abandoned(&statuses, reason),
+        };
+        match settlement {
             Settlement::Nothing => {
                 // Orders may cancel before anything was reserved, or deliver a repeat.
                 tracing::info!(%order_id, reservations = reservations.len(), "nothing left to settle");
