@@ -120,6 +120,17 @@ pub enum Error {
         /// Name of the missing CustomResourceDefinition, e.g. `queues.warren.dev`.
         crd: String,
     },
+    /// A Broker being deleted is still named by Warren resources; it waits for their cleanup so
+    /// their RabbitMQ objects can still be deleted through it.
+    #[error("Broker {namespace}/{name} is still named by {dependents} Warren resource(s)")]
+    BrokerInUse {
+        /// Namespace of the Broker.
+        namespace: String,
+        /// Name of the Broker.
+        name: String,
+        /// How many Exchanges, Queues, Bindings and Policies still name it.
+        dependents: usize,
+    },
     /// Another replica took the leader Lease; this one stops reconciling.
     #[error("lost the leader Lease {lease} to {holder}")]
     LeadershipLost {
@@ -147,6 +158,7 @@ impl Error {
             Error::BrokerNotFound { .. } => "broker_not_found",
             Error::InvalidSpec { .. } => "invalid_spec",
             Error::CrdMissing { .. } => "crd_missing",
+            Error::BrokerInUse { .. } => "broker_in_use",
             Error::LeadershipLost { .. } => "leadership_lost",
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use warren_operator::Error;
 use warren_operator::controller::{FINALIZER, Settings, reconcile, reconcile_broker};
 use warren_operator::crd::{Broker, Exchange, Queue};
 use warren_operator::rabbitmq::{FakeBroker, ManagementApi, QueueDef};
@@ -538,4 +539,112 @@ async fn broker_without_its_secret_is_ready_false_config_invalid() {
     assert_eq!(api.event().await["type"], "Warning");
     assert!(finish(task).await.is_ok());
     api.assert_idle();
+}
+
+const BROKERS: &str = "/apis/warren.dev/v1alpha1/namespaces/testns/brokers";
+
+fn deleted_broker() -> Value {
+    let mut broker = broker();
+    broker["metadata"]["deletionTimestamp"] = json!(jiff::Timestamp::now().to_string());
+    broker
+}
+
+/// Answers the four lists a deleted Broker makes to find the resources still naming it.
+async fn expect_dependents(api: &mut ApiServer, queues: Vec<Value>) {
+    for plural in ["exchanges", "queues", "bindings", "policies"] {
+        let items = if plural == "queues" {
+            queues.clone()
+        } else {
+            Vec::new()
+        };
+        let list = json!({"apiVersion": "warren.dev/v1alpha1", "kind": "List", "metadata": {"resourceVersion": "9"}, "items": items});
+        api.answer(
+            Method::GET,
+            &format!("/apis/warren.dev/v1alpha1/namespaces/testns/{plural}?"),
+            200,
+            &list,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_broker_waits_for_the_resources_that_still_name_it() {
+    let Harness { ctx, mut api, .. } = harness();
+    let task = tokio::spawn(reconcile_broker(typed::<Broker>(&deleted_broker()), ctx));
+
+    expect_dependents(&mut api, vec![queue_json(true, true, json!({}))]).await;
+    let event = api.event().await;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("BrokerInUse"))
+    );
+    let error = finish(task).await.err();
+    let in_use = match &error {
+        Some(Error::Finalizer(inner)) => match inner.as_ref() {
+            kube::runtime::finalizer::Error::CleanupFailed(Error::BrokerInUse {
+                dependents,
+                ..
+            }) => Some(*dependents),
+            _ => None,
+        },
+        _ => None,
+    };
+    assert_eq!(
+        in_use,
+        Some(1),
+        "kept (and retried) while a Queue names it: {error:?}"
+    );
+    api.assert_idle();
+}
+
+#[tokio::test]
+async fn a_deleted_broker_is_released_once_nothing_names_it() {
+    let Harness { ctx, mut api, .. } = harness();
+    let task = tokio::spawn(reconcile_broker(typed::<Broker>(&deleted_broker()), ctx));
+
+    expect_dependents(&mut api, Vec::new()).await;
+    assert_eq!(api.event().await["reason"], "Deleted");
+    api.finalizer_removed(BROKERS, &deleted_broker()).await;
+    assert!(finish(task).await.is_ok());
+    api.assert_idle();
+}
+
+#[tokio::test]
+async fn cleanup_after_a_namespace_deletion_removed_the_secret_uses_the_last_connection() {
+    let Harness {
+        ctx,
+        mut api,
+        rabbitmq,
+        ..
+    } = harness();
+    // Declared while the Secret existed...
+    let task = tokio::spawn(reconcile(queue(true, false, json!({})), ctx.clone()));
+    api.broker_and_secret(&broker(), &secret()).await;
+    assert_eq!(ready(&expect_status(&mut api).await)["reason"], "Created");
+    assert_eq!(api.event().await["reason"], "Created");
+    assert!(finish(task).await.is_ok());
+
+    // ... deleted after the Secret went (the Broker waits for its dependents, the Secret does not).
+    let task = tokio::spawn(reconcile(queue(true, true, json!({})), ctx));
+    api.answer(Method::GET, BROKER_URI, 200, &deleted_broker())
+        .await;
+    api.answer(
+        Method::GET,
+        SECRET_URI,
+        404,
+        &not_found("secrets", "rabbitmq-credentials"),
+    )
+    .await;
+    assert_eq!(api.event().await["reason"], "Deleted");
+    expect_finalizer_removed(&mut api).await;
+    assert!(finish(task).await.is_ok());
+    api.assert_idle();
+    assert_eq!(
+        rabbitmq.writes(),
+        [
+            "PUT queue / orders.inventory_events",
+            "DELETE queue / orders.inventory_events"
+        ]
+    );
 }

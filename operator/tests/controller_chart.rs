@@ -49,13 +49,10 @@ fn chart_rbac_covers_every_kind_with_status_and_finalizers() {
                 "chart RBAC lacks {resource}"
             );
         }
-        // The Broker owns nothing in RabbitMQ and carries no finalizer.
-        if crd.spec.names.kind != "Broker" {
-            assert!(
-                rules.contains(&format!("\"{plural}/finalizers\"")),
-                "chart RBAC lacks {plural}/finalizers"
-            );
-        }
+        assert!(
+            rules.contains(&format!("\"{plural}/finalizers\"")),
+            "chart RBAC lacks {plural}/finalizers"
+        );
     }
 }
 

@@ -49,7 +49,7 @@ Secrets: `get` only - the operator reads a Broker's credentials by name and neve
   resources: ["brokers/status", "exchanges/status", "queues/status", "bindings/status", "policies/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["warren.dev"]
-  resources: ["exchanges/finalizers", "queues/finalizers", "bindings/finalizers", "policies/finalizers"]
+  resources: ["brokers/finalizers", "exchanges/finalizers", "queues/finalizers", "bindings/finalizers", "policies/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]

@@ -1,17 +1,25 @@
 //! The Broker controller: probes the management API with the Broker's credentials and reports
-//! reachability and RabbitMQ's version. A Broker owns nothing in RabbitMQ, so it has no finalizer.
+//! reachability and RabbitMQ's version; a deleted Broker waits for the resources that name it.
+//!
+//! That wait is why a Broker has a finalizer: `kubectl delete -f manifests/` or a namespace
+//! deletion removes the Broker with its queues, and their cleanup needs the Broker to reach
+//! RabbitMQ. It is bounded by the cleanup grace period, so a namespace never gets stuck.
 
 use std::{sync::Arc, time::Instant};
 
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
+use super::FINALIZER;
 use super::connect::broker_connection;
 use super::context::Context;
+use super::kinds::TopologyKind;
 use super::status::{self, Verdict};
-use super::topology::error_chain;
+use super::topology::{deleting_for, error_chain};
 use super::{events, reason};
-use crate::crd::{Broker, BrokerStatus};
+use crate::crd::{Binding, Broker, BrokerStatus, Exchange, Policy, Queue};
 use crate::rabbitmq::{ManagementApi, Overview};
 use crate::{Error, Result};
 
@@ -32,18 +40,68 @@ pub(super) async fn load(ctx: &Context, namespace: Option<&str>, name: &str) -> 
         })
 }
 
+fn memory_key(broker: &Broker) -> String {
+    format!(
+        "{}/{}/{}",
+        broker.namespace().unwrap_or_default(),
+        broker.name_any(),
+        broker.uid().unwrap_or_default()
+    )
+}
+
 /// A management API client for `broker`, with credentials from its Secret.
 pub(super) async fn connect(ctx: &Context, broker: &Broker) -> Result<Arc<dyn ManagementApi>> {
     let connection = broker_connection(&ctx.client, broker).await?;
+    ctx.remember(&memory_key(broker), &connection);
     ctx.connector.connect(&connection)
 }
 
-/// Probes one Broker and writes its status.
+/// Like [`connect`], but when the Secret is gone (a namespace deletion removes it at once) the
+/// last connection that worked for this very Broker is used, so cleanup still reaches RabbitMQ.
+pub(super) async fn connect_for_cleanup(
+    ctx: &Context,
+    broker: &Broker,
+) -> Result<Arc<dyn ManagementApi>> {
+    match connect(ctx, broker).await {
+        Err(Error::Config(missing)) => match ctx.remembered(&memory_key(broker)) {
+            Some(connection) => {
+                tracing::info!(
+                    broker = %memory_key(broker),
+                    why = %missing,
+                    "cleanup uses the Broker's last known connection"
+                );
+                ctx.connector.connect(&connection)
+            }
+            None => Err(Error::Config(missing)),
+        },
+        other => other,
+    }
+}
+
+/// Reconciles one Broker: probes it, or, once deleted, waits for the resources that name it.
 pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let namespace = broker.namespace().unwrap_or_default();
+    let key = format!("Broker/{namespace}/{}", broker.name_any());
     let api: Api<Broker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let probe = match connect(&ctx, &broker).await {
+    let (api_ref, ctx_ref) = (&api, &ctx);
+    let result = finalizer(&api, FINALIZER, broker, move |event| async move {
+        match event {
+            FinalizerEvent::Apply(broker) => probe(api_ref, &broker, ctx_ref).await,
+            FinalizerEvent::Cleanup(broker) => release(&broker, ctx_ref).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)));
+    ctx.metrics.reconciled("Broker", started.elapsed());
+    if result.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    result
+}
+
+async fn probe(api: &Api<Broker>, broker: &Broker, ctx: &Context) -> Result<Action> {
+    let probe = match connect(ctx, broker).await {
         Ok(management) => management.overview().await,
         Err(error) => Err(error),
     };
@@ -73,10 +131,10 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
     };
     // A plain struct with string keys: serializing cannot fail.
     let status_json = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
-    status::apply(&api, &*broker, status_json).await?;
+    status::apply(api, broker, status_json).await?;
     if !verdict.matches(&current.conditions) {
         events::publish(
-            &ctx,
+            ctx,
             &broker.object_ref(&()),
             !verdict.ready,
             verdict.reason,
@@ -85,12 +143,9 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
         )
         .await;
     }
-    ctx.metrics.reconciled("Broker", started.elapsed());
     match probe {
-        Ok(_) => {
-            ctx.reset_backoff(&format!("Broker/{namespace}/{}", broker.name_any()));
-            Ok(Action::requeue(ctx.settings.resync))
-        }
+        Ok(_) => Ok(Action::requeue(ctx.settings.resync)),
+        // Only the user can fix these; retried at the resync pace.
         Err(error @ (Error::Config(_) | Error::RabbitMq { status: 401, .. })) => {
             ctx.metrics.failed("Broker", error.metric_label());
             Ok(Action::requeue(ctx.settings.resync))
@@ -110,4 +165,78 @@ fn broker_failure(error: &Error) -> Verdict {
         ),
         _ => Verdict::not_ready(reason::RABBITMQ_ERROR, text),
     }
+}
+
+/// Lets a deleted Broker go once nothing names it, or once the grace period is over.
+async fn release(broker: &Broker, ctx: &Context) -> Result<Action> {
+    let namespace = broker.namespace().unwrap_or_default();
+    let name = broker.name_any();
+    let dependents = count_dependents(ctx, &namespace, &name).await?;
+    let reference = broker.object_ref(&());
+    if dependents == 0 {
+        ctx.forget(&memory_key(broker));
+        let note = format!("no Warren resource names Broker {namespace}/{name} any more");
+        events::publish(ctx, &reference, false, reason::DELETED, "Delete", &note).await;
+        return Ok(Action::await_change());
+    }
+    let waited = deleting_for(broker);
+    if waited >= ctx.settings.cleanup_grace {
+        ctx.forget(&memory_key(broker));
+        let note = format!(
+            "released after {}s although {dependents} Warren resource(s) still name it; their RabbitMQ objects stay unless this Broker comes back",
+            waited.as_secs()
+        );
+        events::publish(
+            ctx,
+            &reference,
+            true,
+            reason::CLEANUP_ABANDONED,
+            "Delete",
+            &note,
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let note = format!(
+        "waiting for {dependents} Warren resource(s) naming this Broker to be deleted first (at most {}s)",
+        ctx.settings.cleanup_grace.as_secs()
+    );
+    events::publish(
+        ctx,
+        &reference,
+        true,
+        reason::BROKER_IN_USE,
+        "Delete",
+        &note,
+    )
+    .await;
+    Err(Error::BrokerInUse {
+        namespace,
+        name,
+        dependents,
+    })
+}
+
+/// Exchanges, Queues, Bindings and Policies in `namespace` that name Broker `name`.
+async fn count_dependents(ctx: &Context, namespace: &str, name: &str) -> Result<usize> {
+    Ok(naming::<Exchange>(ctx, namespace, name).await?
+        + naming::<Queue>(ctx, namespace, name).await?
+        + naming::<Binding>(ctx, namespace, name).await?
+        + naming::<Policy>(ctx, namespace, name).await?)
+}
+
+async fn naming<K: TopologyKind>(ctx: &Context, namespace: &str, name: &str) -> Result<usize> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let objects = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("list {} in {namespace}", K::plural(&())),
+            source,
+        })?;
+    Ok(objects
+        .items
+        .iter()
+        .filter(|object| object.broker_ref().name == name)
+        .count())
 }

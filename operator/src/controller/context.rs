@@ -13,6 +13,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use super::REPORTING_CONTROLLER;
 use super::connect::BrokerConnector;
 use super::metrics::Metrics;
+use crate::rabbitmq::BrokerConnection;
 
 /// Timing of the controllers.
 #[derive(Clone, Debug)]
@@ -52,6 +53,9 @@ pub struct Context {
     /// Timing.
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
+    /// The last connection that could be assembled per Broker (namespace/name/uid), so cleanup
+    /// still reaches RabbitMQ when a namespace deletion removed the credentials Secret first.
+    remembered: Mutex<HashMap<String, BrokerConnection>>,
 }
 
 impl Context {
@@ -74,7 +78,33 @@ impl Context {
             metrics,
             settings,
             failures: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remembers how `broker` (namespace/name/uid) was last reached.
+    pub fn remember(&self, broker: &str, connection: &BrokerConnection) {
+        self.remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(broker.to_owned(), connection.clone());
+    }
+
+    /// How `broker` was last reached, if it ever was by this process.
+    pub fn remembered(&self, broker: &str) -> Option<BrokerConnection> {
+        self.remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(broker)
+            .cloned()
+    }
+
+    /// Forgets a deleted Broker's connection.
+    pub fn forget(&self, broker: &str) {
+        self.remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(broker);
     }
 
     /// Records one more consecutive failure of `key` and returns how long to wait before retrying.

@@ -26,7 +26,8 @@ pub use operator::{OperatorArgs, check_crds, run, run_controllers, serve};
 pub use server::{Probes, router};
 pub use topology::{error_policy, observe_one, reconcile};
 
-/// Finalizer Warren puts on every topology resource so deleting it deletes the RabbitMQ object.
+/// Finalizer on every Warren resource: deleting a topology resource deletes its RabbitMQ object,
+/// and a deleted Broker waits until the resources naming it are gone.
 pub const FINALIZER: &str = "warren.dev/cleanup";
 
 /// Field manager of Warren's server-side applies (status) — visible in `managedFields`.

@@ -355,6 +355,27 @@ pub async fn run_controllers(
                     scoped::<Broker>(client, scope),
                     watcher::Config::default().any_semantic(),
                 )
+                // A deleted Broker waits for these; their deletion is its cue to look again.
+                .watches(
+                    scoped::<Exchange>(client, scope),
+                    watcher::Config::default().any_semantic(),
+                    deleting_dependent::<Exchange>,
+                )
+                .watches(
+                    scoped::<Queue>(client, scope),
+                    watcher::Config::default().any_semantic(),
+                    deleting_dependent::<Queue>,
+                )
+                .watches(
+                    scoped::<Binding>(client, scope),
+                    watcher::Config::default().any_semantic(),
+                    deleting_dependent::<Binding>,
+                )
+                .watches(
+                    scoped::<Policy>(client, scope),
+                    watcher::Config::default().any_semantic(),
+                    deleting_dependent::<Policy>,
+                )
                 .with_config(config.clone())
                 .graceful_shutdown_on(stop.clone().cancelled_owned())
                 .run(
@@ -430,6 +451,14 @@ fn topology_controller<K: TopologyKind>(
             ),
     )
     .boxed()
+}
+
+/// The Broker a resource being deleted names. Only deletions matter to a Broker (it waits for
+/// them when it is deleted itself); mapping every status change would probe it for nothing.
+fn deleting_dependent<K: TopologyKind>(object: K) -> Option<ObjectRef<Broker>> {
+    object.meta().deletion_timestamp.as_ref()?;
+    let namespace = object.namespace()?;
+    Some(ObjectRef::new(&object.broker_ref().name).within(&namespace))
 }
 
 /// Resources of `store` that name `broker`.
@@ -585,6 +614,23 @@ mod tests {
             "spec": {"brokerRef": {"name": "local"}, "name": "q1"}
         }));
         assert_eq!(names(bindings_of_queue(&store, &queue)), ["a", "b"]);
+    }
+
+    #[test]
+    fn only_resources_being_deleted_wake_their_broker() {
+        let mut deleting = binding("a", "ns", "local", "x", "q");
+        assert_eq!(
+            deleting_dependent(deleting.clone()),
+            None,
+            "a status change is not news"
+        );
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        assert_eq!(
+            deleting_dependent(deleting),
+            Some(ObjectRef::new("local").within("ns"))
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const CLEANUP_FAILED: &str = "CleanupFailed";
 /// Cleanup gave up on an unreachable broker after the grace period and released the resource.
 pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
 
+/// Broker: being deleted, it waits for the resources that still name it to be cleaned up.
+pub const BROKER_IN_USE: &str = "BrokerInUse";
 /// Broker: the management API answered with the Secret's credentials.
 pub const REACHABLE: &str = "Reachable";
 /// Broker: the management API did not answer.

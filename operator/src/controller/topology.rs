@@ -331,7 +331,7 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
         &object.broker_ref().name,
     )
     .await?;
-    let management = broker::connect(ctx, &broker).await?;
+    let management = broker::connect_for_cleanup(ctx, &broker).await?;
     let observed =
         match observe_one(management.as_ref(), &broker.spec.management_url, identity).await {
             Ok(observed) => observed,
@@ -359,7 +359,8 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
     }
 }
 
-fn deleting_for<K: Resource>(object: &K) -> std::time::Duration {
+/// How long ago `object` was marked for deletion (zero when it is not).
+pub(super) fn deleting_for<K: Resource>(object: &K) -> std::time::Duration {
     object
         .meta()
         .deletion_timestamp

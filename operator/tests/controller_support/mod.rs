@@ -196,11 +196,14 @@ pub fn context(
     (ctx, ApiServer(handle))
 }
 
-/// The Broker `local` in [`NS`] at `management_url`.
+/// The Broker `local` in [`NS`] at `management_url`, already carrying Warren's finalizer.
 pub fn broker(management_url: &str) -> Value {
     json!({
         "apiVersion": "warren.dev/v1alpha1", "kind": "Broker",
-        "metadata": {"name": "local", "namespace": NS, "generation": 1, "resourceVersion": "3", "uid": "b-1"},
+        "metadata": {
+            "name": "local", "namespace": NS, "generation": 1, "resourceVersion": "3", "uid": "b-1",
+            "finalizers": [FINALIZER]
+        },
         "spec": {
             "managementUrl": management_url,
             "credentialsSecretRef": {"name": "rabbitmq-credentials"}
