@@ -446,9 +446,10 @@ async fn cancellation_and_failed_payment_release_the_stock() {
         reason: "card declined".into(),
     }))
     .await;
-    // Orders may cancel an order inventory never reserved anything for: a no-op, acked.
+    // Orders may cancel an order inventory never reserved anything for: acked, no stock moves.
+    let never_reserved = Uuid::new_v4();
     b.publish(Event::OrderCancelled(OrderCancelled {
-        order_id: Uuid::new_v4(),
+        order_id: never_reserved,
         user_id: Uuid::new_v4(),
         items: items(&[(product, 1)]),
         reason: CancelReason::Timeout,
@@ -502,6 +503,21 @@ async fn cancellation_and_failed_payment_release_the_stock() {
     // A repeat of the reservation request now shows the released reservation.
     let (status, repeat) = b.reserve(cancelled, product, 5).await;
     assert_eq!((status, &repeat["status"]), (200, &json!("released")));
+    // A request that arrives after its order was cancelled takes no stock.
+    let (status, late) = b.reserve(never_reserved, product, 1).await;
+    assert_eq!(
+        (status, &late["status"]),
+        (200, &json!("released")),
+        "{late}"
+    );
+    assert_eq!(late["releaseReason"], "order_cancelled");
+    let (_, p) = b.get(&format!("/products/{product}")).await;
+    assert_eq!((&p["available"], &p["reserved"]), (&json!(30), &json!(0)));
+    assert_eq!(
+        b.outbox("inventory.released").await.len(),
+        2,
+        "no event for a closed line"
+    );
     b.assert_invariant().await;
     b.stop().await;
 }

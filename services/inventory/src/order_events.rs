@@ -3,6 +3,7 @@
 //! the effect, its events and the processed-event record commit together.
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 use warren_messaging::events::ReleaseReason;
 use warren_messaging::{Envelope, Event, EventHandler, HandlerError};
 
@@ -29,16 +30,27 @@ impl OrderEventsHandler {
     ) -> Result<(), crate::Error> {
         // `abandoned` is the release reason of a cancellation or failed payment; inventory's
         // own events are not routed here, and anything else is not ours to act on.
-        let (order_id, abandoned) = match &envelope.event {
-            Event::OrderCompleted(e) => (e.order_id, None),
-            Event::OrderCancelled(e) => (e.order_id, Some(ReleaseReason::OrderCancelled)),
-            Event::OrderPaymentFailed(e) => (e.order_id, Some(ReleaseReason::PaymentFailed)),
+        let (order_id, abandoned, items) = match &envelope.event {
+            Event::OrderCompleted(e) => (e.order_id, None, &e.items),
+            Event::OrderCancelled(e) => (e.order_id, Some(ReleaseReason::OrderCancelled), &e.items),
+            Event::OrderPaymentFailed(e) => {
+                (e.order_id, Some(ReleaseReason::PaymentFailed), &e.items)
+            }
             other => {
                 tracing::debug!(event_type = other.event_type(), "ignoring event");
                 return Ok(());
             }
         };
-        let reservations = store::lock_reservations_of_order(conn, order_id).await?;
+        let mut reservations = store::lock_reservations_of_order(conn, order_id).await?;
+        if abandoned.is_some() {
+            // Every product this settlement may touch, locked up front in id order (as every
+            // settler does), so reservation requests for them wait for us. One that committed
+            // while we waited is visible to the second read, and no other can appear.
+            let mut products: Vec<Uuid> = reservations.iter().map(|r| r.product_id).collect();
+            products.extend(items.iter().map(|i| i.product_id));
+            store::lock_products(conn, products).await?;
+            reservations = store::lock_reservations_of_order(conn, order_id).await?;
+        }
         let statuses: Vec<ReservationStatus> = reservations
             .iter()
             .map(store::Reservation::status)
@@ -64,6 +76,15 @@ impl OrderEventsHandler {
                         .await?;
                 self.metrics.released(reason, n);
                 tracing::info!(%order_id, released = n, reason = reservation::release_reason_str(reason), "order's reservations released");
+            }
+        }
+        if let Some(reason) = abandoned {
+            // A reservation request still in flight for this order (a retry, a slow network)
+            // must not hold stock for an order that is gone: close the lines never reserved,
+            // so a late request gets the released reservation back instead of new stock.
+            let closed = store::close_unreserved_lines(conn, order_id, items, reason).await?;
+            if closed > 0 {
+                tracing::info!(%order_id, closed, "lines never reserved are closed");
             }
         }
         Ok(())

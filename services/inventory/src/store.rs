@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 use warren_messaging::events::{
-    InventoryConfirmed, InventoryReleased, InventoryReserved, Quantity, ReleaseReason,
+    InventoryConfirmed, InventoryReleased, InventoryReserved, OrderItem, Quantity, ReleaseReason,
     StockDepleted, StockReplenished,
 };
 use warren_messaging::topology::INVENTORY_EXCHANGE;
@@ -336,6 +336,47 @@ pub async fn lock_reservations_of_order(
     .bind(order_id)
     .fetch_all(conn)
     .await?)
+}
+
+/// Locks the existing ones among `products`, in id order (the order every settler uses).
+pub async fn lock_products(conn: &mut PgConnection, mut products: Vec<Uuid>) -> Result<()> {
+    products.sort_unstable();
+    products.dedup();
+    sqlx::query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&products)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a `released` reservation (holding no stock, emitting nothing) for every line of an
+/// abandoned order that has none, so a reservation request arriving after the cancellation
+/// answers with it instead of taking stock. Lines naming unknown products are skipped.
+pub async fn close_unreserved_lines(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    items: &[OrderItem],
+    reason: ReleaseReason,
+) -> Result<u64> {
+    let mut closed = 0;
+    for item in items {
+        closed += sqlx::query(
+            "INSERT INTO reservations \
+               (id, order_id, product_id, quantity, status, release_reason, expires_at) \
+             SELECT $1, $2, $3, $4, 'released', $5, now() \
+             WHERE EXISTS (SELECT 1 FROM products WHERE id = $3) \
+             ON CONFLICT (order_id, product_id) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(order_id)
+        .bind(item.product_id)
+        .bind(item.quantity.get())
+        .bind(release_reason_str(reason))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(closed)
 }
 
 /// Locks up to `limit` overdue `reserved` reservations, skipping rows another sweeper (or a
