@@ -185,6 +185,7 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
         .next()
         .unwrap_or(plan::Action::Unchanged(desired.clone()));
     let outcome = reconcile::execute(management.as_ref(), &action).await?;
+    let changed_rabbitmq = outcome == Outcome::Done;
     let verdict = match (&action, outcome) {
         (_, Outcome::Conflict(why)) => Verdict::not_ready(reason::CONFLICT, why),
         (plan::Action::Create(object), Outcome::Done) => {
@@ -201,7 +202,6 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
         ),
         _ => Verdict::ready(reason::IN_SYNC, format!("{desired} matches the spec")),
     };
-    let changed_rabbitmq = verdict.reason == reason::CREATED || verdict.reason == reason::UPDATED;
     Ok(Converged {
         verdict,
         observed,
