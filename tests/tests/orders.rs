@@ -792,6 +792,10 @@ async fn bad_requests_name_the_field_and_probes_answer() {
         .await;
     assert_eq!(status, 404);
 
+    let (status, body) = bench.get(&svc, "/no/such/endpoint").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string(), "{body}");
+
     let health = bench
         .http
         .get(bench.url(&svc, "/healthz"))
@@ -835,4 +839,45 @@ async fn start_fails_when_the_topology_is_missing() {
     };
     assert!(err.contains("orders.events"), "{err}");
     assert!(err.contains("orders.inventory_events"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_complete_and_cancel_requests_apply_exactly_one() {
+    let bench = Bench::new("ord-race").await;
+    let (fake, addr) = FakeInventory::start().await;
+    let svc = bench.start(addr).await;
+    let p = Uuid::new_v4();
+    let id = bench.create(&svc, &[p]).await;
+    bench.reserve_all(&svc, &fake, id, &[p]).await;
+
+    let requests = (0..8).map(|i| {
+        let action = if i % 2 == 0 { "complete" } else { "cancel" };
+        let url = bench.url(&svc, &format!("/orders/{id}/{action}"));
+        let http = bench.http.clone();
+        tokio::spawn(async move { http.post(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    let mut answers = Vec::new();
+    for r in requests.collect::<Vec<_>>() {
+        answers.push(r.await.expect("task").expect("orders answers"));
+    }
+    assert_eq!(
+        answers.iter().filter(|s| **s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|s| **s == 409).count(),
+        7,
+        "{answers:?}"
+    );
+    // Exactly one transition after `reserved`, and exactly one event for it.
+    let order = bench.order(&svc, id).await;
+    assert_eq!(statuses(&order).len(), 3, "{order}");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1")
+        .bind(id.to_string())
+        .fetch_one(&bench.db.pool)
+        .await
+        .expect("count outbox rows");
+    assert_eq!(events, 1);
+    svc.shutdown().await.expect("clean shutdown");
 }
