@@ -181,6 +181,7 @@ impl Bench {
             inventory_timeout: Duration::from_secs(2),
             inventory_attempts: 3,
             redrive_backoff_max: Duration::from_secs(1),
+            database_max_connections: 5,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Config {
     pub inventory_attempts: u32,
     /// Largest delay between two driver rounds of one order (default 60 s).
     pub redrive_backoff_max: Duration,
+    /// Connections in the database pool, `WARREN_DATABASE_MAX_CONNECTIONS` (default 10).
+    pub database_max_connections: u32,
 }
 
 impl Config {
@@ -51,11 +53,13 @@ impl Config {
             inventory_timeout: Duration::from_secs(5),
             inventory_attempts: 3,
             redrive_backoff_max: Duration::from_secs(60),
+            database_max_connections: 10,
         }
     }
 
-    /// Reads `WARREN_AMQP_URL`, `WARREN_DATABASE_URL`, `WARREN_HTTP_ADDR`,
-    /// `WARREN_INVENTORY_URL` and `WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS`.
+    /// Reads `WARREN_AMQP_URL`, `WARREN_DATABASE_URL`, `WARREN_DATABASE_MAX_CONNECTIONS`,
+    /// `WARREN_HTTP_ADDR`, `WARREN_INVENTORY_URL` and
+    /// `WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS`.
     pub fn from_env() -> Result<Config> {
         Config::from_lookup(|name| std::env::var(name).ok())
     }
@@ -82,6 +86,14 @@ impl Config {
                 ))
             })?;
             config.inventory_url = url;
+        }
+        if let Some(n) = get("WARREN_DATABASE_MAX_CONNECTIONS") {
+            config.database_max_connections =
+                n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    Error::Config(format!(
+                        "WARREN_DATABASE_MAX_CONNECTIONS `{n}` is not a positive number"
+                    ))
+                })?;
         }
         if let Some(secs) = get("WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS") {
             let n: u64 = secs.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {

@@ -118,6 +118,10 @@ impl ReservationDriver {
 
     async fn try_drive(&self, order_id: Uuid) -> Result<()> {
         for (product_id, quantity) in store::lines_to_reserve(&self.pool, order_id).await? {
+            // Cancelled meanwhile: asking for more stock would only make inventory undo it.
+            if !store::is_pending(&self.pool, order_id).await? {
+                return Ok(());
+            }
             match self.inventory.reserve(order_id, product_id, quantity).await {
                 Ok(ReserveOutcome::Accepted { reservation_id }) => {
                     self.metrics.reservation_call("accepted");

@@ -197,7 +197,7 @@ pub async fn start(config: Config) -> Result<Service> {
     );
     let options = ensure_database(&config.database_url).await?;
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await?;

@@ -263,7 +263,9 @@ fn event_of(
 }
 
 /// Records inventory's 2xx answer for a line still waiting for it. Line-level only, and
-/// guarded by the line's status, so it never overwrites what an event already said.
+/// guarded by the line's status, so it never overwrites what an event already said, and by
+/// the order's, since a late answer for a cancelled order (inventory then answers with the
+/// line it closed) obtains nothing.
 pub async fn accept_line(
     pool: &PgPool,
     order_id: Uuid,
@@ -272,7 +274,8 @@ pub async fn accept_line(
 ) -> Result<()> {
     sqlx::query(
         "UPDATE order_items SET reservation_status = 'accepted', reservation_id = $3 \
-         WHERE order_id = $1 AND product_id = $2 AND reservation_status = 'requested'",
+         WHERE order_id = $1 AND product_id = $2 AND reservation_status = 'requested' \
+         AND EXISTS (SELECT 1 FROM orders WHERE id = $1 AND status = 'pending')",
     )
     .bind(order_id)
     .bind(product_id)
@@ -280,6 +283,15 @@ pub async fn accept_line(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Whether the order is still `pending`.
+pub async fn is_pending(pool: &PgPool, order_id: Uuid) -> Result<bool> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(status.as_deref() == Some(OrderStatus::Pending.as_str()))
 }
 
 /// The lines of a pending order that inventory has not accepted yet.
