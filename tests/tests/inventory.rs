@@ -740,3 +740,84 @@ async fn start_fails_without_the_topology() {
     };
     assert!(err.contains("inventory.order_events"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_work_and_a_restart_relays_every_event() {
+    let b = Bench::start("inv-restart", |_| {}).await;
+    let product = b.product("Bolts", 1000, 0).await;
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let http = b.http.clone();
+            let url = format!("{}/inventory/reserve", b.base);
+            tokio::spawn(async move {
+                let body = json!({"orderId": Uuid::new_v4(), "productId": product, "quantity": 1});
+                // A request the stopping server no longer accepts fails to connect: not served.
+                match http.post(url).json(&body).send().await {
+                    Ok(resp) => Some(resp.status().as_u16()),
+                    Err(_) => None,
+                }
+            })
+        })
+        .collect();
+    let pool = b.db.pool.clone();
+    let reservations = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reservations")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    eventually(WAIT, "some reservations made", || async {
+        reservations().await >= 1
+    })
+    .await;
+    let Bench {
+        vhost,
+        db,
+        service,
+        http,
+        ..
+    } = b;
+    tokio::time::timeout(WAIT, service.shutdown())
+        .await
+        .expect("shutdown finishes in time")
+        .expect("clean shutdown");
+    let mut created = 0;
+    for r in requests {
+        match r.await.unwrap() {
+            Some(201) => created += 1,
+            Some(status) => panic!("unexpected status {status}"),
+            None => {}
+        }
+    }
+    let b = Bench {
+        service: {
+            let mut config = Config::new(&vhost.amqp_url(), &db.url);
+            config.http_addr = "127.0.0.1:0".parse().unwrap();
+            config.database_max_connections = 5;
+            warren_inventory::start(config).await.expect("restart")
+        },
+        base: String::new(),
+        vhost,
+        db,
+        http,
+    };
+    assert_eq!(
+        reservations().await,
+        created,
+        "every answered reservation committed, none unanswered"
+    );
+    eventually(WAIT, "every event relayed after the restart", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&b.db.pool)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    eventually(WAIT, "every reservation on the broker", || async {
+        i64::from(b.vhost.ready_messages(TAP_QUEUE).await) == created
+    })
+    .await;
+    b.assert_invariant().await;
+    b.stop().await;
+}
