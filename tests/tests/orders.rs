@@ -194,6 +194,11 @@ impl Bench {
     /// Publishes an inventory event the way inventory's relay does (persistent, confirmed).
     async fn publish(&self, event: Event, order: Uuid) {
         let env = Envelope::new(event, "inventory-service", order.to_string());
+        self.publish_envelope(&env).await;
+    }
+
+    /// Publishes `env` as is (the same event id every time: a redelivery).
+    async fn publish_envelope(&self, env: &Envelope) {
         let conn = self.vhost.connect().await;
         let ch = conn.create_channel().await.expect("channel");
         ch.confirm_select(ConfirmSelectOptions::default())
@@ -202,7 +207,7 @@ impl Bench {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(env.event_id.to_string().into())
-            .with_correlation_id(order.to_string().into())
+            .with_correlation_id(env.metadata.correlation_id.as_str().into())
             .with_content_type("application/json".into());
         let confirm = ch
             .basic_publish(
@@ -438,9 +443,18 @@ async fn an_order_goes_pending_reserved_completing_processing() {
     assert_eq!(requests[0]["orderId"], id.to_string());
     assert_eq!(requests[0]["quantity"], 2);
 
-    // One line reserved is not the order reserved.
-    bench.publish(reserved(&fake, id, p1), id).await;
-    wait_consumed(&svc, "inventory.reserved", 1).await;
+    // One line reserved is not the order reserved; the same event delivered twice is
+    // applied once.
+    let first = Envelope::new(reserved(&fake, id, p1), "inventory-service", id.to_string());
+    bench.publish_envelope(&first).await;
+    bench.publish_envelope(&first).await;
+    wait_consumed(&svc, "inventory.reserved", 2).await;
+    assert!(
+        svc.metrics().encode().contains(
+            "orders_events_consumed_total{event_type=\"inventory.reserved\",status=\"duplicate\"} 1"
+        ),
+        "the redelivery is recognised"
+    );
     let order = bench.order(&svc, id).await;
     assert_eq!(order["status"], "pending", "{order}");
     assert_eq!(order["items"][0]["reservationStatus"], "reserved");
@@ -880,5 +894,27 @@ async fn racing_complete_and_cancel_requests_apply_exactly_one() {
         .await
         .expect("count outbox rows");
     assert_eq!(events, 1);
+    svc.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_for_an_unknown_order_is_dead_lettered() {
+    let bench = Bench::new("ord-unknown").await;
+    let (fake, addr) = FakeInventory::start().await;
+    let svc = bench.start(addr).await;
+    let stranger = Uuid::new_v4();
+    bench
+        .publish(reserved(&fake, stranger, Uuid::new_v4()), stranger)
+        .await;
+    let dlq = warren_messaging::topology::dead_letter_queue(
+        warren_messaging::topology::ORDERS_INVENTORY_EVENTS_QUEUE,
+    );
+    eventually(WAIT, "the event in the dead-letter queue", || async {
+        bench.vhost.ready_messages(&dlq).await == 1
+    })
+    .await;
+    let parked = bench.vhost.drain(&dlq).await;
+    let env = Envelope::from_json(&parked[0].delivery.data).expect("the event, unchanged");
+    assert_eq!(env.event.aggregate_id(), stranger);
     svc.shutdown().await.expect("clean shutdown");
 }
