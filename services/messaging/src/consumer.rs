@@ -126,6 +126,12 @@ enum Handled {
 /// Called with each event whose effect was just committed (for lag measurements).
 pub type CommitObserver = Arc<dyn Fn(&Envelope) + Send + Sync>;
 
+/// How the one-transaction fast path for a batch ended.
+enum BatchAttempt {
+    Committed(Vec<Handled>),
+    FailedAt(usize, HandlerError),
+}
+
 /// Consumes one queue with an [`EventHandler`]; see the module doc.
 pub struct IdempotentConsumer<H> {
     pool: PgPool,
@@ -321,26 +327,31 @@ impl<H: EventHandler> IdempotentConsumer<H> {
 
     /// Handles a batch: one transaction if every handler succeeds, otherwise one per event.
     async fn handle_batch(&self, batch: &[Item]) -> std::result::Result<Vec<Handled>, sqlx::Error> {
-        if batch.iter().filter(|i| i.decoded.is_ok()).count() > 1
-            && let Some(handled) = self.try_batch_in_one_transaction(batch).await?
-        {
-            return Ok(handled);
+        let mut failed_at = None;
+        if batch.iter().filter(|i| i.decoded.is_ok()).count() > 1 {
+            match self.try_batch_in_one_transaction(batch).await? {
+                BatchAttempt::Committed(handled) => return Ok(handled),
+                BatchAttempt::FailedAt(index, err) => failed_at = Some((index, err)),
+            }
         }
         let mut out = Vec::with_capacity(batch.len());
-        for item in batch {
-            out.push(match &item.decoded {
-                Ok(env) => self.handle_one(env).await?,
-                Err(_) => Handled::Undecodable,
+        for (index, item) in batch.iter().enumerate() {
+            out.push(match (&item.decoded, &failed_at) {
+                // The handler already failed on this one in the batch: that was its attempt.
+                (_, Some((at, err))) if *at == index => Handled::Failed(err.clone()),
+                (Ok(env), _) => self.handle_one(env).await?,
+                (Err(_), _) => Handled::Undecodable,
             });
         }
         Ok(out)
     }
 
-    /// The fast path; `None` when a handler failed and the batch must be handled one by one.
+    /// The fast path: the whole batch in one transaction, or the position and error of the first
+    /// handler that failed (the transaction is then rolled back).
     async fn try_batch_in_one_transaction(
         &self,
         batch: &[Item],
-    ) -> std::result::Result<Option<Vec<Handled>>, sqlx::Error> {
+    ) -> std::result::Result<BatchAttempt, sqlx::Error> {
         let envelopes: Vec<&Envelope> = batch
             .iter()
             .filter_map(|i| i.decoded.as_ref().ok())
@@ -362,7 +373,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         .collect();
         let mut handled_ids = HashSet::with_capacity(fresh.len());
         let mut out = Vec::with_capacity(batch.len());
-        for item in batch {
+        for (index, item) in batch.iter().enumerate() {
             let Ok(env) = &item.decoded else {
                 out.push(Handled::Undecodable);
                 continue;
@@ -379,9 +390,9 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 .instrument(event_span(env))
                 .await;
             self.observe_processing(env, started);
-            if result.is_err() {
+            if let Err(err) = result {
                 tx.rollback().await?;
-                return Ok(None);
+                return Ok(BatchAttempt::FailedAt(index, err));
             }
             out.push(Handled::Done);
         }
@@ -393,7 +404,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 .filter(|(_, h)| matches!(h, Handled::Done))
                 .filter_map(|(i, _)| i.decoded.as_ref().ok()),
         );
-        Ok(Some(out))
+        Ok(BatchAttempt::Committed(out))
     }
 
     async fn handle_one(&self, env: &Envelope) -> std::result::Result<Handled, sqlx::Error> {

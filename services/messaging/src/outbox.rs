@@ -251,7 +251,13 @@ impl OutboxRelay {
                     break 'session;
                 }
                 match self.relay_batch(&mut channel).await {
-                    Ok(report) if report.published + report.failed > 0 => {
+                    // A full batch means more is probably waiting. A partial one drained the
+                    // outbox as of its snapshot: anything committed since has notified, and the
+                    // stored wake-up below returns at once, so no empty re-check is needed.
+                    Ok(report)
+                        if report.published + report.failed
+                            >= usize::try_from(self.config.batch_size).unwrap_or(usize::MAX) =>
+                    {
                         backoff.reset();
                         continue;
                     }

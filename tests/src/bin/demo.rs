@@ -167,7 +167,10 @@ async fn main() -> Result<()> {
 
     println!("Warren messaging demo");
     println!("  broker      {}", config::redact(&amqp_url));
-    println!("  database    {}", config::redact(&config::database_url()));
+    println!(
+        "  database    {DEMO_DATABASE} on {}",
+        config::redact(&config::database_url())
+    );
     println!("  metrics     http://{metrics_addr}/metrics");
     println!("  RabbitMQ UI {}", config::management_url());
     println!("  Ctrl-C stops.\n");
