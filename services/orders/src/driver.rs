@@ -118,6 +118,16 @@ impl ReservationDriver {
 
     async fn try_drive(&self, order_id: Uuid) -> Result<()> {
         for (product_id, quantity) in store::lines_to_reserve(&self.pool, order_id).await? {
+            if self.shutdown.is_cancelled() {
+                // Hand the order back at once rather than when this process's claim lapses.
+                sqlx::query(
+                    "UPDATE orders SET next_reserve_at = now() WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(order_id)
+                .execute(&self.pool)
+                .await?;
+                return Ok(());
+            }
             // Cancelled meanwhile: asking for more stock would only make inventory undo it.
             if !store::is_pending(&self.pool, order_id).await? {
                 return Ok(());
@@ -143,7 +153,11 @@ impl ReservationDriver {
                 }
                 Err(failed) => {
                     self.metrics.reservation_call("failed");
-                    tracing::warn!(%order_id, %product_id, error = %failed, "reservation not obtained; will re-drive");
+                    if failed.retryable {
+                        tracing::warn!(%order_id, %product_id, error = %failed, "reservation not obtained; will re-drive");
+                    } else {
+                        tracing::error!(%order_id, %product_id, error = %failed, "inventory answered unexpectedly; will re-drive");
+                    }
                     return self.schedule_retry(order_id, &failed.to_string()).await;
                 }
             }

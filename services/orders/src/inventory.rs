@@ -31,8 +31,30 @@ pub enum ReserveOutcome {
 
 /// A reservation call that did not get a decision; the line stays to be re-driven.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ReserveFailed(pub String);
+#[error("{message}")]
+pub struct ReserveFailed {
+    /// What went wrong.
+    pub message: String,
+    /// False when inventory answered in a way retrying cannot fix (an unexpected 4xx, a body
+    /// without a reservation): a bug or a version mismatch someone must look at.
+    pub retryable: bool,
+}
+
+impl ReserveFailed {
+    fn retryable(message: String) -> ReserveFailed {
+        ReserveFailed {
+            message,
+            retryable: true,
+        }
+    }
+
+    fn unexpected(message: String) -> ReserveFailed {
+        ReserveFailed {
+            message,
+            retryable: false,
+        }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,7 +109,7 @@ impl InventoryClient {
         quantity: Quantity,
     ) -> std::result::Result<ReserveOutcome, ReserveFailed> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut last = ReserveFailed("no attempt made".into());
+        let mut last = ReserveFailed::retryable("no attempt made".into());
         for attempt in 1..=self.attempts {
             match self.reserve_once(order_id, product_id, quantity).await {
                 Ok(outcome) => return Ok(outcome),
@@ -121,19 +143,24 @@ impl InventoryClient {
             .json(&body)
             .send()
             .await
-            .map_err(|e| Attempt::Retry(ReserveFailed(format!("inventory unreachable: {e}"))))?;
+            .map_err(|e| {
+                Attempt::Retry(ReserveFailed::retryable(format!(
+                    "inventory unreachable: {e}"
+                )))
+            })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| Attempt::Retry(ReserveFailed(format!("inventory answer cut off: {e}"))))?;
+        let text = response.text().await.map_err(|e| {
+            Attempt::Retry(ReserveFailed::retryable(format!(
+                "inventory answer cut off: {e}"
+            )))
+        })?;
         match status.as_u16() {
             200 | 201 => serde_json::from_str::<ReservationBody>(&text)
                 .map(|b| ReserveOutcome::Accepted {
                     reservation_id: b.reservation_id,
                 })
                 .map_err(|e| {
-                    Attempt::Final(ReserveFailed(format!(
+                    Attempt::Final(ReserveFailed::unexpected(format!(
                         "inventory answered {status} without a reservationId: {e}"
                     )))
                 }),
@@ -143,10 +170,10 @@ impl InventoryClient {
                     .and_then(|b| b.available),
             }),
             404 => Ok(ReserveOutcome::UnknownProduct),
-            s if s >= 500 || s == 429 || s == 408 => Err(Attempt::Retry(ReserveFailed(format!(
-                "inventory answered {status}"
-            )))),
-            _ => Err(Attempt::Final(ReserveFailed(format!(
+            s if s >= 500 || s == 429 || s == 408 => Err(Attempt::Retry(ReserveFailed::retryable(
+                format!("inventory answered {status}"),
+            ))),
+            _ => Err(Attempt::Final(ReserveFailed::unexpected(format!(
                 "inventory refused the request with {status}: {}",
                 text.chars().take(200).collect::<String>()
             )))),
