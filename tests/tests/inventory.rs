@@ -320,6 +320,12 @@ async fn http_api_answers_with_the_right_status_and_field() {
     assert_eq!(status, 404);
     assert_eq!(b.outbox("inventory.stock_replenished").await.len(), 1);
 
+    // Unknown routes and methods answer in JSON too.
+    let (status, err) = b.get("/nowhere").await;
+    assert_eq!((status, err["error"].is_string()), (404, true), "{err}");
+    let (status, err) = b.post("/healthz", json!({})).await;
+    assert_eq!((status, err["error"].is_string()), (405, true), "{err}");
+
     // Probes and metrics.
     assert_eq!(b.get("/healthz").await.0, 200);
     eventually(WAIT, "ready", || async { b.get("/readyz").await.0 == 200 }).await;

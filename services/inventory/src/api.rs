@@ -61,7 +61,25 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{id}/stock", post(add_stock))
         .route("/inventory/reserve", post(reserve))
         .route("/reservations/{id}", get(get_reservation))
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Unknown paths answer in the API's JSON error shape too.
+async fn no_such_route() -> ApiError {
+    ApiError::NotFound {
+        message: "no such route".into(),
+        field: None,
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "method not allowed"})),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
