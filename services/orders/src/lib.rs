@@ -25,7 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren_messaging::broker::{self, RequiredTopology};
+use warren_messaging::broker;
 use warren_messaging::config::redact;
 use warren_messaging::topology::{ORDERS_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE};
 use warren_messaging::{
@@ -174,14 +174,7 @@ async fn check_topology(amqp_url: &str, consumer: &ConsumerConfig) -> Result<()>
     let conn = broker::connect(amqp_url, &format!("{SERVICE_NAME}-topology-check")).await?;
     let mut required = consumer.required_topology();
     required.exchanges.push(ORDERS_EXCHANGE.to_owned());
-    let checked = broker::verify_topology(
-        &conn,
-        &RequiredTopology {
-            exchanges: required.exchanges,
-            queues: required.queues,
-        },
-    )
-    .await;
+    let checked = broker::verify_topology(&conn, &required).await;
     let _ = conn.close(200, "topology checked".into()).await;
     checked.map_err(Error::from)
 }
