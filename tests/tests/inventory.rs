@@ -827,3 +827,24 @@ async fn shutdown_finishes_in_flight_work_and_a_restart_relays_every_event() {
     b.assert_invariant().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_locked_too_long_answers_503_and_takes_nothing() {
+    let b = Bench::start("inv-busy", |_| {}).await;
+    let product = b.product("Glue", 5, 0).await;
+    // A stuck transaction holds the product row.
+    let mut stuck = b.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM products WHERE id = $1 FOR UPDATE")
+        .bind(product)
+        .execute(&mut *stuck)
+        .await
+        .unwrap();
+    let order = Uuid::new_v4();
+    let (status, body) = b.reserve(order, product, 1).await;
+    assert_eq!(status, 503, "{body}");
+    stuck.rollback().await.unwrap();
+    let (status, _) = b.reserve(order, product, 1).await;
+    assert_eq!(status, 201, "the retry succeeds once the lock is gone");
+    b.assert_invariant().await;
+    b.stop().await;
+}

@@ -202,7 +202,7 @@ async fn add_stock(
             crate::Error::StockOverflow => {
                 ApiError::bad_field("quantity", "`quantity` would overflow the stock counters")
             }
-            other => ApiError::Internal(other),
+            other => ApiError::from(other),
         })?
         .ok_or_else(|| ApiError::not_found("id", "product not found"))?;
     tracing::info!(product_id = %id, added = req.quantity.get(), available = product.available, "stock replenished");

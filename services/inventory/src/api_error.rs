@@ -29,6 +29,8 @@ pub enum ApiError {
         /// Units available right now.
         available: i64,
     },
+    /// 503: a row stayed locked too long; the caller should retry.
+    Busy,
     /// 500: logged in full, answered without internals.
     Internal(crate::Error),
 }
@@ -53,7 +55,11 @@ impl ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(err: crate::Error) -> Self {
-        ApiError::Internal(err)
+        if crate::store::is_lock_timeout(&err) {
+            ApiError::Busy
+        } else {
+            ApiError::Internal(err)
+        }
     }
 }
 
@@ -80,6 +86,12 @@ impl IntoResponse for ApiError {
             ApiError::InsufficientStock { available } => (
                 StatusCode::CONFLICT,
                 Json(json!({"error": "insufficient stock", "available": available})),
+            )
+                .into_response(),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                Json(body("busy, retry shortly", None)),
             )
                 .into_response(),
             ApiError::Internal(err) => {

@@ -41,6 +41,8 @@ impl OrderEventsHandler {
                 return Ok(());
             }
         };
+        // A lock wait past the bound fails the attempt as transient: the event is retried.
+        store::bound_lock_waits(conn).await?;
         let mut reservations = store::lock_reservations_of_order(conn, order_id).await?;
         if abandoned.is_some() {
             // Every product this settlement may touch, locked up front in id order (as every

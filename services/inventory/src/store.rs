@@ -115,6 +115,29 @@ pub struct ReserveRequest {
     pub quantity: Quantity,
 }
 
+/// Longest wait for a row lock before a transaction gives up (SQLSTATE 55P03): a request
+/// answers 503 and a consumer retries, instead of piling up behind a stuck transaction.
+const LOCK_TIMEOUT: &str = "5s";
+
+/// Bounds how long the current transaction waits for row locks.
+pub async fn bound_lock_waits(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(LOCK_TIMEOUT)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether `err` is PostgreSQL giving up on a lock wait.
+pub fn is_lock_timeout(err: &Error) -> bool {
+    let db = match err {
+        Error::Database(sqlx::Error::Database(db)) => db,
+        Error::Messaging(warren_messaging::Error::Database(sqlx::Error::Database(db))) => db,
+        _ => return false,
+    };
+    db.code().as_deref() == Some("55P03")
+}
+
 async fn emit(conn: &mut PgConnection, event: Event, correlation_id: &str) -> Result<()> {
     let envelope = Envelope::new(event, SERVICE_NAME, correlation_id);
     warren_messaging::enqueue(conn, INVENTORY_EXCHANGE, &envelope).await?;
@@ -193,6 +216,7 @@ pub async fn replenish(
     correlation_id: &str,
 ) -> Result<Option<Product>> {
     let mut tx = pool.begin().await?;
+    bound_lock_waits(&mut tx).await?;
     let Some(mut product) = lock_product(&mut tx, id).await? else {
         return Ok(None);
     };
@@ -259,6 +283,7 @@ pub async fn reserve(
     drop(conn);
 
     let mut tx = pool.begin().await?;
+    bound_lock_waits(&mut tx).await?;
     let Some(product) = lock_product(&mut tx, request.product_id).await? else {
         return Ok(ReserveOutcome::UnknownProduct);
     };

@@ -33,6 +33,7 @@ impl ReservationExpirySweeper {
     /// Releases one batch of overdue reservations; returns how many this call released.
     pub async fn sweep_batch(&self) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
+        store::bound_lock_waits(&mut tx).await?;
         let overdue = store::lock_overdue_reservations(&mut tx, self.batch_size).await?;
         if overdue.is_empty() {
             tx.commit().await?;
