@@ -21,7 +21,7 @@ pub mod export;
 
 use crate::crd::{BindingSpec, Broker, DeletionPolicy, ExchangeSpec, PolicySpec, QueueSpec};
 use crate::manifest::{self, Manifest, Resource};
-use crate::plan::{self, Action, Desired, Object};
+use crate::plan::{self, Action, Desired, Object, Observed};
 use crate::rabbitmq::{BrokerConnection, Credentials, HttpManagementApi, ManagementApi};
 use crate::reconcile::{self, Outcome};
 use crate::topology::{self, FieldError};
@@ -181,6 +181,9 @@ pub struct Report {
     pub steps: Vec<Step>,
     /// Documents that were not Warren topology (`file: Kind/name`).
     pub skipped: Vec<String>,
+    /// What the plan leaves alone that a reader might expect it to change, e.g. a binding whose
+    /// key or arguments changed in the files stays beside the new one unless `--prune`.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -482,6 +485,7 @@ async fn run(
     let mut report = Report {
         steps: Vec::new(),
         skipped: loaded.skipped,
+        notes: Vec::new(),
     };
     for target in targets {
         let api = HttpManagementApi::new(&target.connection)?;
@@ -490,6 +494,11 @@ async fn run(
             Mode::Delete => plan::plan_removal(&target.removals, &observed),
             Mode::Diff | Mode::Apply => plan::plan(&target.desired, &observed, options.prune),
         };
+        if mode != Mode::Delete && !options.prune {
+            report
+                .notes
+                .extend(kept_binding_notes(&target, &plan, &observed));
+        }
         for action in plan.actions {
             let result = if mode == Mode::Diff {
                 StepResult::Planned
@@ -509,6 +518,21 @@ async fn run(
         }
     }
     Ok(report)
+}
+
+/// One note per binding that stays beside a binding the plan creates between the same ends.
+/// Without `--prune` the CLI cannot know what the files used to say, so it deletes nothing; the
+/// note keeps a changed key or arguments from silently leaving the old binding routing messages.
+fn kept_binding_notes(target: &Target, plan: &plan::Plan, observed: &Observed) -> Vec<String> {
+    plan::bindings_left_beside(plan, &target.desired, observed)
+        .into_iter()
+        .map(|old| {
+            format!(
+                "{}: binding {} in vhost {:?} stays in RabbitMQ beside the new one (no file declares it); run with --prune to delete it",
+                target.broker, old.definition, old.definition.vhost
+            )
+        })
+        .collect()
 }
 
 /// Writes the topology of `vhost` at `management_url` as Warren resources (a Broker named

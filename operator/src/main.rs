@@ -162,6 +162,7 @@ async fn run(command: Command) -> ExitCode {
                     {
                         println!("{step}");
                     }
+                    print_notes(&report);
                     println!("{}", report.summary());
                     if report.is_converged() {
                         ExitCode::SUCCESS
@@ -177,11 +178,19 @@ async fn run(command: Command) -> ExitCode {
 
 fn finish(report: &Report) -> ExitCode {
     print_skipped(report);
+    print_notes(report);
     println!("{}", report.summary());
     if report.succeeded() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_ERROR)
+    }
+}
+
+/// What the plan deliberately leaves alone (e.g. an old binding without --prune).
+fn print_notes(report: &Report) {
+    for note in &report.notes {
+        println!("note: {note}");
     }
 }
 

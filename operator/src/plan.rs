@@ -189,6 +189,20 @@ pub struct Observed {
     pub policies: Vec<PolicyDef>,
 }
 
+impl Desired {
+    /// The desired state of a single object (a controller plans one resource at a time).
+    pub fn single(object: Object) -> Desired {
+        let mut desired = Desired::default();
+        match object {
+            Object::Exchange(e) => desired.exchanges.push(e),
+            Object::Queue(q) => desired.queues.push(q),
+            Object::Binding(b) => desired.bindings.push(b),
+            Object::Policy(p) => desired.policies.push(p),
+        }
+        desired
+    }
+}
+
 /// An ordered list of actions.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
@@ -453,6 +467,83 @@ pub fn plan(desired: &Desired, observed: &Observed, prune: bool) -> Plan {
     }
 
     Plan { actions }.sorted()
+}
+
+/// The controller's plan for one resource: [`plan`] without prune, plus what the resource
+/// `recorded` declaring last time (a Binding's status).
+///
+/// A binding has no name: changing its arguments or key makes another binding. When the recorded
+/// binding differs from the desired one and RabbitMQ still has it, the action is an Update that
+/// declares the new binding and then deletes exactly the recorded one. Without a record nothing
+/// is replaced, because other bindings between the same ends may belong to other resources.
+pub fn plan_one(desired: &Object, recorded: Option<&Object>, observed: &Observed) -> Action {
+    let planned = plan(&Desired::single(desired.clone()), observed, false)
+        .actions
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Action::Unchanged(desired.clone()));
+    let (Object::Binding(want), Some(Object::Binding(old))) = (desired, recorded) else {
+        return planned;
+    };
+    match recorded_binding_to_replace(want, old, observed) {
+        Some(stale) => Action::Update {
+            desired: desired.clone(),
+            changes: binding_changes(&stale.definition, want),
+            replaces: Some(stale),
+        },
+        None => planned,
+    }
+}
+
+/// The binding a resource recorded declaring, as RabbitMQ still has it, when it is not the one
+/// the spec wants now.
+///
+/// It is matched on the whole definition (vhost, ends, routing key and arguments): that is how
+/// RabbitMQ itself tells bindings apart (its properties key derives from the key and the
+/// arguments), so no other binding, such as a sibling resource's between the same ends, is ever
+/// chosen.
+pub fn recorded_binding_to_replace(
+    want: &BindingDef,
+    recorded: &BindingDef,
+    observed: &Observed,
+) -> Option<BindingState> {
+    if recorded == want {
+        return None;
+    }
+    observed
+        .bindings
+        .iter()
+        .find(|have| have.definition == *recorded)
+        .cloned()
+}
+
+/// Bindings that a plan made without prune leaves in place beside a binding it creates between
+/// the same ends: nothing desires them any more, but without `--prune` the CLI cannot tell an old
+/// version of a file's binding from one that someone else made, so it keeps them (and `diff`
+/// says so).
+pub fn bindings_left_beside(
+    plan: &Plan,
+    desired: &Desired,
+    observed: &Observed,
+) -> Vec<BindingState> {
+    let created: Vec<&BindingDef> = plan
+        .actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Create(Object::Binding(b)) => Some(b),
+            _ => None,
+        })
+        .collect();
+    observed
+        .bindings
+        .iter()
+        .filter(|have| {
+            prunable_binding(have)
+                && !desired.bindings.contains(&have.definition)
+                && created.iter().any(|want| same_ends(&have.definition, want))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Plans the removal of objects whose resources were deleted (the controller's cleanup and
@@ -781,5 +872,110 @@ mod tests {
         assert!(
             matches!(&removal.actions[2], Action::Delete(Existing::Exchange(e)) if e.name == "doomed")
         );
+    }
+
+    fn headers_binding(arguments: Value) -> BindingDef {
+        BindingDef {
+            arguments: args(arguments),
+            ..binding("orders.headers", "audit", "")
+        }
+    }
+
+    #[test]
+    fn a_recorded_binding_with_other_arguments_is_replaced_and_a_sibling_never_is() {
+        let old = headers_binding(json!({"x-match": "all", "region": "eu"}));
+        let want = headers_binding(json!({"x-match": "all", "region": "us"}));
+        // Another resource's binding: same ends, same (empty) key, other arguments.
+        let sibling = headers_binding(json!({"x-match": "all", "region": "ap"}));
+        let observed = Observed {
+            bindings: vec![bound(sibling.clone()), bound(old.clone())],
+            ..Observed::default()
+        };
+        let desired = Object::Binding(want.clone());
+
+        let action = plan_one(&desired, Some(&Object::Binding(old.clone())), &observed);
+        let Action::Update {
+            replaces: Some(replaced),
+            changes,
+            ..
+        } = &action
+        else {
+            panic!("expected a replacing update, got {action}");
+        };
+        assert_eq!(replaced.definition, old, "exactly the recorded binding");
+        assert_eq!(
+            changes,
+            &["arguments.region: RabbitMQ has \"eu\", the spec says \"us\"".to_owned()]
+        );
+
+        // Without a record (or with one that is already gone) nothing is replaced: the sibling
+        // between the same ends is not Warren's guess to delete.
+        assert_eq!(
+            plan_one(&desired, None, &observed),
+            Action::Create(desired.clone())
+        );
+        let gone = headers_binding(json!({"x-match": "any"}));
+        assert_eq!(
+            plan_one(&desired, Some(&Object::Binding(gone)), &observed),
+            Action::Create(desired.clone())
+        );
+    }
+
+    #[test]
+    fn a_record_of_the_wanted_binding_replaces_nothing() {
+        let want = headers_binding(json!({"x-match": "any"}));
+        let desired = Object::Binding(want.clone());
+        let observed = Observed {
+            bindings: vec![bound(want)],
+            ..Observed::default()
+        };
+        assert_eq!(
+            plan_one(&desired, Some(&desired), &observed),
+            Action::Unchanged(desired.clone())
+        );
+        assert_eq!(
+            recorded_binding_to_replace(
+                &headers_binding(json!({})),
+                &headers_binding(json!({})),
+                &observed
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_crash_after_declaring_still_replaces_the_recorded_binding() {
+        // The new binding was declared but the status still records the old one.
+        let old = headers_binding(json!({"region": "eu"}));
+        let want = headers_binding(json!({"region": "us"}));
+        let observed = Observed {
+            bindings: vec![bound(old.clone()), bound(want.clone())],
+            ..Observed::default()
+        };
+        let action = plan_one(
+            &Object::Binding(want),
+            Some(&Object::Binding(old.clone())),
+            &observed,
+        );
+        assert!(
+            matches!(&action, Action::Update { replaces: Some(r), .. } if r.definition == old),
+            "{action}"
+        );
+    }
+
+    #[test]
+    fn without_prune_the_old_binding_is_reported_as_left_beside_the_new_one() {
+        let desired = full_desired();
+        let mut observed = as_observed(&desired);
+        let old = binding("orders.events", "inventory.order_events", "order.created");
+        observed.bindings = vec![bound(old.clone())];
+        let keeping = plan(&desired, &observed, false);
+        let left: Vec<BindingDef> = bindings_left_beside(&keeping, &desired, &observed)
+            .into_iter()
+            .map(|b| b.definition)
+            .collect();
+        assert_eq!(left, [old]);
+        let pruning = plan(&desired, &observed, true);
+        assert!(bindings_left_beside(&pruning, &desired, &observed).is_empty());
     }
 }

@@ -82,7 +82,11 @@ pub async fn execute(api: &dyn ManagementApi, action: &Action) -> Result<Outcome
         ..
     } = action
     {
-        api.delete_binding(old).await?;
+        match api.delete_binding(old).await {
+            // Someone deleted it since the read-back: gone is what the update wanted.
+            Err(error) if error.is_not_found() => {}
+            other => other?,
+        }
     }
     Ok(Outcome::Done)
 }

@@ -205,6 +205,163 @@ async fn a_binding_to_a_missing_queue_reports_rabbitmqs_text_and_backs_off() {
     api_server.assert_idle();
 }
 
+/// A Binding from the headers exchange `orders.headers` to the queue `audit` (empty routing
+/// key), matching messages whose `region` header is `region`.
+fn headers_binding_json(vhost: &str, name: &str, region: &str) -> Value {
+    let spec = json!({
+        "brokerRef": {"name": "local"}, "vhost": vhost, "source": "orders.headers",
+        "destination": "audit", "destinationType": "queue", "routingKey": "",
+        "arguments": {"x-match": "all", "region": region}
+    });
+    resource("Binding", name, spec, true, None)
+}
+
+/// The `region` argument of every binding from `orders.headers` to `audit`, sorted.
+async fn audit_regions(vhost: &str) -> Vec<String> {
+    let mut regions: Vec<String> = api()
+        .list_bindings(vhost)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|b| b.definition.source == "orders.headers" && b.definition.destination == "audit")
+        .map(|b| {
+            b.definition
+                .arguments
+                .get("region")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    regions.sort();
+    regions
+}
+
+/// Declares the headers exchange and the queue the headers bindings connect.
+async fn headers_topology(vhost: &str) {
+    let rabbitmq = api();
+    rabbitmq
+        .put_exchange(&ExchangeDef {
+            vhost: vhost.to_owned(),
+            name: "orders.headers".to_owned(),
+            exchange_type: "headers".to_owned(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    rabbitmq
+        .put_queue(&QueueDef {
+            vhost: vhost.to_owned(),
+            name: "audit".to_owned(),
+            queue_type: "classic".to_owned(),
+            durable: true,
+            auto_delete: false,
+            arguments: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Reconciles `object` once against the mocked API server and returns the status it applied.
+async fn reconcile_binding(
+    ctx: &Arc<warren_operator::controller::Context>,
+    api_server: &mut controller_support::ApiServer,
+    object: &Value,
+    event_reason: &str,
+) -> Value {
+    let task = tokio::spawn(reconcile(typed::<Binding>(object), ctx.clone()));
+    api_server
+        .broker_and_secret(&controller_support::broker(&management_url()), &secret())
+        .await;
+    let status = api_server.status(BINDINGS, object).await;
+    assert_eq!(api_server.event().await["reason"], event_reason, "{status}");
+    assert!(finish(task).await.is_ok());
+    api_server.assert_idle();
+    status
+}
+
+#[tokio::test]
+async fn changed_arguments_replace_exactly_the_recorded_binding_and_spare_a_sibling() {
+    let vhost = Vhost::new("rebind").await;
+    headers_topology(&vhost.0).await;
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+
+    let mut edited = headers_binding_json(&vhost.0, "audit-eu", "eu");
+    let status = reconcile_binding(&ctx, &mut api_server, &edited, "Created").await;
+    assert_eq!(status["binding"]["arguments"]["region"], "eu", "{status}");
+    assert!(
+        !status["binding"]["propertiesKey"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "RabbitMQ's properties key is recorded: {status}"
+    );
+    // Another resource: same source, destination and routing key, other arguments.
+    let sibling = headers_binding_json(&vhost.0, "audit-ap", "ap");
+    reconcile_binding(&ctx, &mut api_server, &sibling, "Created").await;
+    assert_eq!(audit_regions(&vhost.0).await, ["ap", "eu"]);
+
+    // The user edits spec.arguments; the object carries the status written before.
+    edited["spec"]["arguments"]["region"] = json!("us");
+    edited["metadata"]["generation"] = json!(3);
+    edited["status"] = status;
+    let status = reconcile_binding(&ctx, &mut api_server, &edited, "Updated").await;
+    let condition = ready(&status);
+    assert_eq!(condition["status"], "True");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(r#"arguments.region: RabbitMQ has "eu", the spec says "us""#),
+        "the message names the change: {message}"
+    );
+    assert_eq!(status["binding"]["arguments"]["region"], "us", "{status}");
+    assert_eq!(
+        audit_regions(&vhost.0).await,
+        ["ap", "us"],
+        "one binding with the new arguments; the sibling survives"
+    );
+}
+
+#[tokio::test]
+async fn cleanup_also_deletes_a_recorded_binding_left_by_a_crash_and_nothing_else() {
+    let vhost = Vhost::new("rebind-cleanup").await;
+    headers_topology(&vhost.0).await;
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+    let mut object = headers_binding_json(&vhost.0, "audit-eu", "eu");
+    let status = reconcile_binding(&ctx, &mut api_server, &object, "Created").await;
+    let sibling = headers_binding_json(&vhost.0, "audit-ap", "ap");
+    reconcile_binding(&ctx, &mut api_server, &sibling, "Created").await;
+
+    // As if the operator declared the edited binding and crashed before writing the status:
+    // RabbitMQ has both, the status still records the old one.
+    object["spec"]["arguments"]["region"] = json!("us");
+    object["status"] = status;
+    let mut us = binding_def(&vhost.0);
+    us.source = "orders.headers".to_owned();
+    us.destination = "audit".to_owned();
+    us.routing_key = String::new();
+    us.arguments = serde_json::from_value(json!({"x-match": "all", "region": "us"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    api()
+        .put_binding(&us)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(audit_regions(&vhost.0).await, ["ap", "eu", "us"]);
+
+    object["metadata"]["deletionTimestamp"] = json!(jiff::Timestamp::now().to_string());
+    let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx));
+    api_server
+        .broker_and_secret(&controller_support::broker(&management_url()), &secret())
+        .await;
+    assert_eq!(api_server.event().await["reason"], "Deleted");
+    api_server.finalizer_removed(BINDINGS, &object).await;
+    assert!(finish(task).await.is_ok());
+    api_server.assert_idle();
+    assert_eq!(audit_regions(&vhost.0).await, ["ap"]);
+}
+
 fn queue_json(deleting_since: Option<jiff::Timestamp>) -> Value {
     let spec = json!({"brokerRef": {"name": "local"}, "name": "q", "type": "classic"});
     resource("Queue", "q", spec, true, deleting_since)

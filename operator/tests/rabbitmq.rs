@@ -225,7 +225,18 @@ async fn policy_and_binding_changes_are_updated_in_place() {
         binding(source, destination, "order.*"),
         policy("^audit$", 500)
     ));
+    // Without --prune the old binding stays beside the new one, and diff says so.
+    let keeping = diff(&paths, &sandbox.options()).await;
+    assert!(
+        keeping
+            .notes
+            .iter()
+            .any(|n| n.contains("\"order.created\"") && n.contains("run with --prune")),
+        "{:?}",
+        keeping.notes
+    );
     let plan = diff(&paths, &sandbox.pruning()).await;
+    assert!(plan.notes.is_empty(), "{:?}", plan.notes);
     let updates: Vec<String> = plan
         .steps
         .iter()

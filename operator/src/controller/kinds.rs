@@ -10,7 +10,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::crd::{
-    Binding, BrokerRef, DeletionPolicy, Exchange, Policy, Queue, QueueStatus, TopologyStatus,
+    Binding, BindingStatus, BrokerRef, DeclaredBinding, DeletionPolicy, Exchange, Policy, Queue,
+    QueueStatus, TopologyStatus,
 };
 use crate::plan::{Object, Observed};
 use crate::rabbitmq::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
@@ -40,6 +41,13 @@ pub trait TopologyKind:
     /// What deleting the resource does in RabbitMQ.
     fn deletion_policy(&self) -> DeletionPolicy {
         DeletionPolicy::Delete
+    }
+
+    /// The RabbitMQ object this resource recorded declaring last time, when that can differ
+    /// from what the spec says now (a Binding whose arguments changed); `None` for kinds whose
+    /// RabbitMQ object keeps its identity.
+    fn recorded(&self) -> Option<Object> {
+        None
     }
 
     /// Current conditions (empty before the first status).
@@ -182,20 +190,60 @@ impl TopologyKind for Binding {
         })
     }
 
+    /// The binding from `status.binding`, between the spec's ends (which are immutable).
+    fn recorded(&self) -> Option<Object> {
+        let declared = self.status.as_ref()?.binding.as_ref()?;
+        let Object::Binding(ends) = self.identity() else {
+            return None;
+        };
+        Some(Object::Binding(BindingDef {
+            routing_key: declared.routing_key.clone(),
+            arguments: declared.arguments.clone().unwrap_or_default(),
+            ..ends
+        }))
+    }
+
     fn conditions(&self) -> &[Condition] {
         self.status
             .as_ref()
             .map_or(&[][..], |s| s.conditions.as_slice())
     }
 
+    /// Records the spec's binding as RabbitMQ reported it after this reconcile. When it was not
+    /// read back (a failed reconcile) the previous record stays: it may name a binding that still
+    /// has to be deleted.
     fn status(
         &self,
         conditions: Vec<Condition>,
         generation: Option<i64>,
-        _: Option<&Observed>,
+        observed: Option<&Observed>,
     ) -> Value {
-        topology_status(conditions, generation)
+        let previous = self.status.as_ref().and_then(|s| s.binding.clone());
+        let binding = declared_binding(&self.identity(), observed).or(previous);
+        serde_json::to_value(BindingStatus {
+            observed_generation: generation,
+            conditions,
+            binding,
+        })
+        .unwrap_or(Value::Null)
     }
+}
+
+/// The spec's binding as RabbitMQ has it, for `status.binding`.
+fn declared_binding(spec: &Object, observed: Option<&Observed>) -> Option<DeclaredBinding> {
+    let Object::Binding(want) = spec else {
+        return None;
+    };
+    let have = observed?
+        .bindings
+        .iter()
+        .find(|have| have.definition == *want)?;
+    let arguments = &have.definition.arguments;
+    Some(DeclaredBinding {
+        routing_key: have.definition.routing_key.clone(),
+        arguments: (!arguments.is_empty()).then(|| arguments.clone()),
+        properties_key: have.properties_key.clone(),
+    })
 }
 
 impl TopologyKind for Policy {

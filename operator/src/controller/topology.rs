@@ -1,8 +1,9 @@
 //! The one controller behind Exchange, Queue, Binding and Policy: kube's finalizer dispatches to
 //! `apply` (dereference Broker → validate → read back → plan → execute) or `cleanup`.
 //!
-//! Decisions come from the shared core (`plan::plan`, `plan::plan_removal`, `reconcile::execute`),
-//! so the operator and `warren apply` never disagree about create, update, delete or conflict.
+//! Decisions come from the shared core (`plan::plan_one`, `plan::plan_removal`,
+//! `reconcile::execute`), so the operator and `warren apply` never disagree about create, update,
+//! delete or conflict.
 
 use std::{sync::Arc, time::Instant};
 
@@ -179,18 +180,37 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
     .await?;
     let management = broker::connect(ctx, &broker).await?;
     let observed = observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?;
-    let action = plan::plan(&single(desired.clone()), &observed, false)
-        .actions
-        .into_iter()
-        .next()
-        .unwrap_or(plan::Action::Unchanged(desired.clone()));
+    let recorded = object.recorded();
+    let action = plan::plan_one(&desired, recorded.as_ref(), &observed);
     let outcome = reconcile::execute(management.as_ref(), &action).await?;
     let changed_rabbitmq = outcome == Outcome::Done;
+    // Status describes RabbitMQ after the change, read back rather than assumed: a Binding
+    // records the properties key RabbitMQ gave the binding it just declared.
+    let observed = if changed_rabbitmq {
+        observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?
+    } else {
+        observed
+    };
     let verdict = match (&action, outcome) {
         (_, Outcome::Conflict(why)) => Verdict::not_ready(reason::CONFLICT, why),
         (plan::Action::Create(object), Outcome::Done) => {
             Verdict::ready(reason::CREATED, format!("created {object}"))
         }
+        (
+            plan::Action::Update {
+                desired,
+                changes,
+                replaces: Some(old),
+            },
+            Outcome::Done,
+        ) => Verdict::ready(
+            reason::UPDATED,
+            format!(
+                "re-created {desired}: {}; deleted the binding it replaces ({})",
+                changes.join("; "),
+                old.definition
+            ),
+        ),
         (
             plan::Action::Update {
                 desired, changes, ..
@@ -340,23 +360,35 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
             Err(error) => return Err(error),
         };
     if let Ok(desired) = object.desired() {
-        let check = plan::plan(&single(desired), &observed, false);
+        let check = plan::plan(&Desired::single(desired), &observed, false);
         if let Some(plan::Action::Conflict { reason: why, .. }) = check.actions.first() {
             return Ok(Removal::LeftConflicting(why.clone()));
         }
     }
-    let removal = plan::plan_removal(&[(identity.clone(), DeletionPolicy::Delete)], &observed);
-    match removal.actions.first() {
-        Some(action @ plan::Action::Delete(_)) => {
-            match reconcile::execute(management.as_ref(), action).await {
-                Ok(_) => Ok(Removal::Deleted),
-                // Deleted by someone else between read-back and delete.
-                Err(error) if error.is_not_found() => Ok(Removal::AlreadyGone),
-                Err(error) => Err(error),
-            }
+    let removal = plan::plan_removal(&removals(identity, object.recorded()), &observed);
+    let mut deleted = false;
+    for action in removal.actions.iter().filter(|a| a.changes_rabbitmq()) {
+        match reconcile::execute(management.as_ref(), action).await {
+            Ok(_) => deleted = true,
+            // Deleted by someone else between read-back and delete.
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error),
         }
-        _ => Ok(Removal::AlreadyGone),
     }
+    Ok(if deleted {
+        Removal::Deleted
+    } else {
+        Removal::AlreadyGone
+    })
+}
+
+/// What deleting a resource removes: its spec's object, and the one it recorded declaring when
+/// that differs (a crash between declaring a changed binding and writing the status).
+fn removals(identity: &Object, recorded: Option<Object>) -> Vec<(Object, DeletionPolicy)> {
+    std::iter::once(identity.clone())
+        .chain(recorded.filter(|r| r != identity))
+        .map(|object| (object, DeletionPolicy::Delete))
+        .collect()
 }
 
 /// How long ago `object` was marked for deletion (zero when it is not).
@@ -372,17 +404,6 @@ pub(super) fn deleting_for<K: Resource>(object: &K) -> std::time::Duration {
                 .ok()
         })
         .unwrap_or_default()
-}
-
-fn single(object: Object) -> Desired {
-    let mut desired = Desired::default();
-    match object {
-        Object::Exchange(e) => desired.exchanges.push(e),
-        Object::Queue(q) => desired.queues.push(q),
-        Object::Binding(b) => desired.bindings.push(b),
-        Object::Policy(p) => desired.policies.push(p),
-    }
-    desired
 }
 
 fn describe<K: Resource<DynamicType = ()>>(object: &K) -> String {

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::schema::immutable;
-use super::{Arguments, BrokerRef, TopologyStatus};
+use super::{Arguments, BindingStatus, BrokerRef};
 
 /// Desired state of a RabbitMQ binding.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -18,7 +18,7 @@ use super::{Arguments, BrokerRef, TopologyStatus};
     version = "v1alpha1",
     kind = "Binding",
     namespaced,
-    status = "TopologyStatus",
+    status = "BindingStatus",
     category = "warren",
     derive = "PartialEq",
     doc = "A RabbitMQ binding managed by Warren",
@@ -73,7 +73,8 @@ pub struct BindingSpec {
     #[schemars(length(max = 255))]
     #[x_kube(validation = immutable("spec.routingKey is immutable: a binding is identified by its properties; create a new Binding and delete this one"))]
     pub routing_key: String,
-    /// Binding arguments (e.g. headers-exchange matches). A change re-creates the binding.
+    /// Binding arguments (e.g. headers-exchange matches). A change re-creates the binding: the
+    /// new one is declared, then the one recorded in status.binding is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::free_form_object")]
     pub arguments: Option<Arguments>,

@@ -5,10 +5,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
+use super::Arguments;
+
 /// The condition type Argo CD, Flux and `kubectl get` read.
 pub const READY: &str = "Ready";
 
-/// Status of an Exchange, Binding or Policy.
+/// Status of an Exchange or Policy (a Binding adds what it declared: [`BindingStatus`]).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopologyStatus {
@@ -19,6 +21,40 @@ pub struct TopologyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Status of a Binding: the shared status plus the RabbitMQ binding this resource last declared.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions, merged per type by server-side apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The binding this resource last declared, as RabbitMQ reported it. A binding has no name,
+    /// so when `spec.arguments` changes this record is the only way to find (and delete) exactly
+    /// the old binding without touching another resource's binding between the same ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<DeclaredBinding>,
+}
+
+/// A binding as declared in RabbitMQ; its ends are the spec's, which are immutable.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredBinding {
+    /// Routing key.
+    #[serde(default)]
+    pub routing_key: String,
+    /// Binding arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::free_form_object")]
+    pub arguments: Option<Arguments>,
+    /// RabbitMQ's `properties_key`, which identifies the binding in the management API.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub properties_key: String,
 }
 
 /// Builds a `Ready` condition for `generation`.
