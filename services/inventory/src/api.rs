@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 use warren_messaging::Metrics;
 use warren_messaging::events::Quantity;
+use warren_messaging::topology::INVENTORY_ORDER_EVENTS_QUEUE;
 
 use crate::api_error::{ApiError, parse_id, parse_json};
 use crate::metrics::InventoryMetrics;
@@ -26,11 +27,10 @@ use crate::store::{self, ReserveOutcome, ReserveRequest};
 /// Longest product name accepted.
 const MAX_NAME_CHARS: usize = 200;
 
-/// What the background tasks report for `/readyz`.
+/// What the background tasks report for `/readyz`, besides the connection state the messaging
+/// core keeps in [`Metrics`].
 #[derive(Clone, Default)]
 pub struct Readiness {
-    /// The broker probe holds a live connection.
-    pub broker_connected: Arc<AtomicBool>,
     /// The outbox relay or the consumer has stopped for good.
     pub messaging_stopped: Arc<AtomicBool>,
 }
@@ -91,7 +91,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .fetch_one(&state.pool)
         .await
         .is_ok();
-    let broker = state.readiness.broker_connected.load(Ordering::Relaxed);
+    // The relay is connected with its topology checked, and the consumer is consuming.
+    let broker = state.metrics.is_relay_connected()
+        && state.metrics.is_consuming(INVENTORY_ORDER_EVENTS_QUEUE);
     let messaging = !state.readiness.messaging_stopped.load(Ordering::Relaxed);
     let ready = database && broker && messaging;
     let status = if ready {

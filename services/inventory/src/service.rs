@@ -1,16 +1,15 @@
 //! Starting and stopping the inventory worker: migrations, a topology check, the outbox relay,
-//! the idempotent consumer, the expiry sweeper, a broker probe for `/readyz`, and the HTTP
-//! server; `Service::shutdown` stops taking work, finishes what is in flight, then closes.
+//! the idempotent consumer, the expiry sweeper and the HTTP server; `Service::shutdown` stops
+//! taking work, finishes what is in flight, then closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren_messaging::broker::{self, Backoff, RequiredTopology};
+use warren_messaging::broker::{self, RequiredTopology};
 use warren_messaging::config::redact;
 use warren_messaging::topology::{INVENTORY_EXCHANGE, INVENTORY_ORDER_EVENTS_QUEUE};
 use warren_messaging::{ConsumerConfig, IdempotentConsumer, Metrics, OutboxRelay, RelayConfig};
@@ -29,14 +28,13 @@ pub struct Service {
     http_addr: SocketAddr,
     metrics: Metrics,
     pool: PgPool,
-    /// Stops intake: HTTP, consumer, sweeper, probe.
+    /// Stops intake: HTTP, consumer, sweeper.
     intake: CancellationToken,
     /// Stops the relay, last, so events of in-flight work still go out.
     relay_stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     consumer: JoinHandle<warren_messaging::Result<()>>,
     sweeper: JoinHandle<()>,
-    probe: JoinHandle<()>,
     relay: JoinHandle<warren_messaging::Result<()>>,
 }
 
@@ -92,11 +90,6 @@ pub async fn start(config: Config) -> Result<Service> {
         inventory_metrics.clone(),
     );
     let sweeper = tokio::spawn(sweeper.run(config.expiry_sweep_interval, intake.clone()));
-    let probe = tokio::spawn(probe_broker(
-        config.amqp_url.clone(),
-        readiness.broker_connected.clone(),
-        intake.clone(),
-    ));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let http_addr = listener.local_addr()?;
@@ -122,7 +115,6 @@ pub async fn start(config: Config) -> Result<Service> {
         http,
         consumer,
         sweeper,
-        probe,
         relay,
     })
 }
@@ -139,30 +131,6 @@ async fn watch(
     }
     stopped.store(true, Ordering::Relaxed);
     result
-}
-
-/// Holds one AMQP connection to tell `/readyz` whether the broker is reachable; the relay and
-/// consumer reconnect on their own, this only reports.
-async fn probe_broker(amqp_url: String, connected: Arc<AtomicBool>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    while let Some(conn) =
-        broker::connect_with_backoff(&amqp_url, "inventory-readiness", &mut backoff, &shutdown)
-            .await
-    {
-        connected.store(true, Ordering::Relaxed);
-        while conn.status().connected() {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    let _ = conn.close(200, "stopping".into()).await;
-                    connected.store(false, Ordering::Relaxed);
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-        connected.store(false, Ordering::Relaxed);
-        tracing::warn!("readiness probe lost the broker connection");
-    }
 }
 
 impl Service {
@@ -189,7 +157,6 @@ impl Service {
         let http = self.http.await;
         let consumer = self.consumer.await;
         let sweeper = self.sweeper.await;
-        let probe = self.probe.await;
         self.relay_stop.cancel();
         let relay = self.relay.await;
         self.pool.close().await;
@@ -198,7 +165,6 @@ impl Service {
         consumer.map_err(|e| Error::Task(format!("consumer: {e}")))??;
         relay.map_err(|e| Error::Task(format!("outbox relay: {e}")))??;
         sweeper.map_err(|e| Error::Task(format!("expiry sweeper: {e}")))?;
-        probe.map_err(|e| Error::Task(format!("readiness probe: {e}")))?;
         Ok(())
     }
 }

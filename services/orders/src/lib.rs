@@ -262,7 +262,7 @@ pub async fn start(config: Config) -> Result<Service> {
 
     let readiness = Arc::new(Readiness::new(
         pool.clone(),
-        config.amqp_url.clone(),
+        metrics.clone(),
         relay_alive,
         consumer_alive,
     ));

@@ -1,20 +1,17 @@
-//! `/readyz`: the database answers, the broker accepts a connection, and the outbox relay and
-//! the consumer are still running (they reconnect on their own; a stopped one means trouble).
-//!
-//! The broker check opens a short AMQP connection, so its result is cached for a few seconds
-//! to keep frequent probes cheap.
+//! `/readyz`: the database answers, the messaging core reports the outbox relay connected (with
+//! its topology checked) and the consumer of `orders.inventory_events` consuming, and neither
+//! task has stopped for good (they reconnect on their own; a stopped one means trouble).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use warren_messaging::Metrics;
+use warren_messaging::topology::ORDERS_INVENTORY_EVENTS_QUEUE;
 
-/// How long a broker check result is reused.
-const BROKER_CHECK_TTL: Duration = Duration::from_secs(5);
-/// How long one check may take.
+/// How long the database check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Set to false when a background task ends.
@@ -46,10 +43,9 @@ impl Default for Alive {
 /// Everything `/readyz` looks at.
 pub struct Readiness {
     pool: PgPool,
-    amqp_url: String,
+    metrics: Metrics,
     relay: Alive,
     consumer: Alive,
-    broker: Mutex<Option<(Instant, bool)>>,
 }
 
 /// The `/readyz` answer.
@@ -59,7 +55,7 @@ pub struct ReadinessReport {
     pub ready: bool,
     /// `ok` or `unreachable`.
     pub database: &'static str,
-    /// `ok` or `unreachable`.
+    /// `ok` when the relay is connected and the consumer consuming, else `unreachable`.
     pub broker: &'static str,
     /// `running` or `stopped`.
     pub relay: &'static str,
@@ -72,14 +68,14 @@ fn word(ok: bool, yes: &'static str, no: &'static str) -> &'static str {
 }
 
 impl Readiness {
-    /// Readiness over `pool`, the broker at `amqp_url`, and the two task flags.
-    pub fn new(pool: PgPool, amqp_url: String, relay: Alive, consumer: Alive) -> Readiness {
+    /// Readiness over `pool`, the connection state the messaging core keeps in `metrics`, and
+    /// the two task flags.
+    pub fn new(pool: PgPool, metrics: Metrics, relay: Alive, consumer: Alive) -> Readiness {
         Readiness {
             pool,
-            amqp_url,
+            metrics,
             relay,
             consumer,
-            broker: Mutex::new(None),
         }
     }
 
@@ -89,7 +85,8 @@ impl Readiness {
             tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await,
             Ok(Ok(_))
         );
-        let broker = self.broker_reachable().await;
+        let broker = self.metrics.is_relay_connected()
+            && self.metrics.is_consuming(ORDERS_INVENTORY_EVENTS_QUEUE);
         let relay = self.relay.get();
         let consumer = self.consumer.get();
         ReadinessReport {
@@ -99,28 +96,5 @@ impl Readiness {
             relay: word(relay, "running", "stopped"),
             consumer: word(consumer, "running", "stopped"),
         }
-    }
-
-    async fn broker_reachable(&self) -> bool {
-        let mut cached = self.broker.lock().await;
-        if let Some((at, ok)) = *cached
-            && at.elapsed() < BROKER_CHECK_TTL
-        {
-            return ok;
-        }
-        let ok = match tokio::time::timeout(
-            CHECK_TIMEOUT,
-            warren_messaging::broker::connect(&self.amqp_url, "orders-readiness"),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => {
-                let _ = conn.close(200, "readiness check".into()).await;
-                true
-            }
-            _ => false,
-        };
-        *cached = Some((Instant::now(), ok));
-        ok
     }
 }
