@@ -1,11 +1,17 @@
-//! Per-test vhosts and databases, a small management API client, and polling with a deadline.
+//! Per-test vhosts and databases, a small management API client, publishing and header reading
+//! over AMQP, and polling with a deadline.
 
 use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use lapin::message::BasicGetMessage;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor, PgPool};
@@ -223,6 +229,47 @@ impl TestVhost {
             .expect("AMQP connection to the test vhost")
     }
 
+    /// Publishes `body` to `exchange` as a persistent message (with `message_id` when given),
+    /// mandatory and with publisher confirms; panics unless the broker routed and acked it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<&str>,
+    ) {
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "{exchange} / {routing_key}: routed and confirmed"
+        );
+        let _ = conn.close(200, "done".into()).await;
+    }
+
     /// Messages ready in `queue` right now (exact: asked over AMQP, not from lagging stats).
     pub async fn ready_messages(&self, queue: &str) -> u32 {
         let conn = self.connect().await;
@@ -243,7 +290,7 @@ impl TestVhost {
     }
 
     /// Takes every ready message off `queue` (acking them) and returns them.
-    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
         let conn = self.connect().await;
         let channel = conn.create_channel().await.expect("channel");
         let mut out = Vec::new();
@@ -261,6 +308,18 @@ impl TestVhost {
         }
         let _ = conn.close(200, "done".into()).await;
         out
+    }
+}
+
+/// The AMQP header `name` of `msg` as text (strings as they are, numbers in decimal, anything
+/// else in its debug form); `None` when it is absent.
+pub fn header(msg: &BasicGetMessage, name: &str) -> Option<String> {
+    let headers = msg.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
     }
 }
 

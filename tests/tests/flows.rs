@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use warren_messaging::retry;
 use warren_messaging::topology::{
     INVENTORY_EXCHANGE, ORDERS_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE, dead_letter_queue,
 };
+use warren_tests::support::header;
 use warren_tests::{TestDatabase, TestVhost, apply_topology, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -172,33 +171,6 @@ impl System {
         .await;
     }
 
-    async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], message_id: &str) {
-        let conn = self.vhost.connect().await;
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let confirm = ch
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(message_id.into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack() && confirm.take_message().is_none());
-        let _ = conn.close(200, "done".into()).await;
-    }
-
     async fn stop(mut self) {
         if let Some(orders) = self.orders.take() {
             orders.shutdown().await.expect("orders shuts down cleanly");
@@ -249,13 +221,14 @@ async fn reservation_confirmation_and_a_duplicate_event() {
             .fetch_one(&sys.orders_db.pool)
             .await
             .unwrap();
-    sys.publish(
-        ORDERS_EXCHANGE,
-        "order.completed",
-        payload.as_bytes(),
-        &event_id.to_string(),
-    )
-    .await;
+    sys.vhost
+        .publish(
+            ORDERS_EXCHANGE,
+            "order.completed",
+            payload.as_bytes(),
+            Some(&event_id.to_string()),
+        )
+        .await;
     let inventory_metrics = || sys.inventory.as_ref().unwrap().metrics().encode();
     eventually(WAIT, "the duplicate seen and skipped", || async {
         metric(
@@ -300,24 +273,23 @@ async fn a_non_retriable_event_lands_in_the_dead_letter_queue() {
         "inventory-service",
         "corr-unknown",
     );
-    sys.publish(
-        INVENTORY_EXCHANGE,
-        env.event_type(),
-        &env.to_json(),
-        &env.event_id.to_string(),
-    )
-    .await;
+    sys.vhost
+        .publish(
+            INVENTORY_EXCHANGE,
+            env.event_type(),
+            &env.to_json(),
+            Some(&env.event_id.to_string()),
+        )
+        .await;
     let dlq = dead_letter_queue(ORDERS_INVENTORY_EVENTS_QUEUE);
     eventually(WAIT, "the event parked", || async {
         sys.vhost.ready_messages(&dlq).await == 1
     })
     .await;
     let parked = sys.vhost.drain(&dlq).await;
-    let headers = parked[0].delivery.properties.headers().clone().unwrap();
-    let reason = headers.inner().get(retry::REASON_HEADER).cloned();
     assert_eq!(
-        reason,
-        Some(lapin::types::AMQPValue::LongString("permanent".into()))
+        header(&parked[0], retry::REASON_HEADER).as_deref(),
+        Some("permanent")
     );
     sys.stop().await;
 }

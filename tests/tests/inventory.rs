@@ -4,8 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use warren_inventory::metrics::InventoryMetrics;
@@ -129,31 +127,15 @@ impl Bench {
     async fn publish(&self, event: Event) -> Uuid {
         let order_id = event.aggregate_id();
         let envelope = Envelope::new(event, "orders-service", order_id.to_string());
-        let conn = self.vhost.connect().await;
-        let channel = conn.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let confirm = channel
-            .basic_publish(
-                ORDERS_EXCHANGE.into(),
-                envelope.event_type().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+        let id = envelope.event_id.to_string();
+        self.vhost
+            .publish(
+                ORDERS_EXCHANGE,
+                envelope.event_type(),
                 &envelope.to_json(),
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(envelope.event_id.to_string().into()),
+                Some(&id),
             )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack() && confirm.take_message().is_none());
-        let _ = conn.close(200, "done".into()).await;
+            .await;
         envelope.event_id
     }
 

@@ -4,9 +4,6 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
 use uuid::Uuid;
 use warren_messaging::retry;
 use warren_messaging::topology::{
@@ -15,51 +12,9 @@ use warren_messaging::topology::{
 use warren_messaging::{ConsumerConfig, Envelope, HandlerError, IdempotentConsumer, OutboxRelay};
 use warren_tests::eventually;
 use warren_tests::harness::{Harness, TEST_MAX_ATTEMPTS, enqueue_in};
+use warren_tests::support::header;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn header(msg: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
-    let headers = msg.delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
-        other => Some(format!("{other:?}")),
-    }
-}
-
-/// Publishes raw bytes to the inventory exchange, as a foreign or buggy producer would.
-async fn publish_raw(h: &Harness, routing_key: &str, body: &[u8], message_id: Option<&str>) {
-    let conn = h.vhost.connect().await;
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    let mut props = BasicProperties::default().with_delivery_mode(2);
-    if let Some(id) = message_id {
-        props = props.with_message_id(id.into());
-    }
-    let confirm = ch
-        .basic_publish(
-            INVENTORY_EXCHANGE.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            props,
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(
-        confirm.is_ack() && confirm.take_message().is_none(),
-        "routed and confirmed"
-    );
-    let _ = conn.close(200, "done".into()).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_feeds_consumer_end_to_end_in_aggregate_order() {
@@ -73,6 +28,11 @@ async fn outbox_feeds_consumer_end_to_end_in_aggregate_order() {
         }
     }
     eventually(WAIT, "300 effects", || async { h.effects().await == 300 }).await;
+    assert!(
+        h.metrics.is_relay_connected(),
+        "the relay reports its connection"
+    );
+    assert!(h.metrics.is_consuming(ORDERS_INVENTORY_EVENTS_QUEUE));
     let sequences = h.sequences().await;
     for p in &products {
         assert_eq!(
@@ -113,8 +73,12 @@ async fn the_same_event_delivered_twice_is_applied_once() {
     );
     let body = env.to_json();
     let id = env.event_id.to_string();
-    publish_raw(&h, env.event_type(), &body, Some(&id)).await;
-    publish_raw(&h, env.event_type(), &body, Some(&id)).await;
+    h.vhost
+        .publish(INVENTORY_EXCHANGE, env.event_type(), &body, Some(&id))
+        .await;
+    h.vhost
+        .publish(INVENTORY_EXCHANGE, env.event_type(), &body, Some(&id))
+        .await;
     eventually(WAIT, "both deliveries handled", || async {
         h.metrics.encode().contains("status=\"duplicate\"} 1")
     })
@@ -201,17 +165,20 @@ async fn permanent_failures_and_malformed_messages_are_dead_lettered_with_their_
             .collect(),
     );
     tx.commit().await.unwrap();
-    publish_raw(&h, "inventory.garbage", b"{this is not json", None).await;
-    publish_raw(
-        &h,
-        "inventory.teleported",
+    h.vhost
+        .publish(
+            INVENTORY_EXCHANGE,
+            "inventory.garbage",
+            b"{this is not json",
+            None,
+        )
+        .await;
+    h.vhost.publish(INVENTORY_EXCHANGE, "inventory.teleported",
         br#"{"eventType":"inventory.teleported","eventId":"6f1c2f0e-9a51-4c4e-8f5e-2f8f3b2a9d01","timestamp":"2025-10-17T10:00:00Z","version":"1.0","data":{},"metadata":{"service":"x","correlationId":"c"}}"#,
         None,
     )
     .await;
-    publish_raw(
-        &h,
-        "inventory.reserved",
+    h.vhost.publish(INVENTORY_EXCHANGE, "inventory.reserved",
         br#"{"eventType":"inventory.reserved","eventId":"6f1c2f0e-9a51-4c4e-8f5e-2f8f3b2a9d02","timestamp":"2025-10-17T10:00:00Z","version":"2.0","data":{},"metadata":{"service":"x","correlationId":"c"}}"#,
         None,
     )
@@ -411,6 +378,14 @@ async fn broker_and_database_connections_killed_mid_stream_lose_nothing() {
     eventually(WAIT, "outbox drained", || async {
         h.unpublished().await == 0
     })
+    .await;
+    eventually(
+        WAIT,
+        "relay and consumer report connected again",
+        || async {
+            h.metrics.is_relay_connected() && h.metrics.is_consuming(ORDERS_INVENTORY_EVENTS_QUEUE)
+        },
+    )
     .await;
     h.stop().await;
 }

@@ -15,8 +15,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -191,7 +189,7 @@ impl Bench {
             .expect("orders starts")
     }
 
-    /// Publishes an inventory event the way inventory's relay does (persistent, confirmed).
+    /// Publishes an inventory event as inventory's relay would (persistent, confirmed).
     async fn publish(&self, event: Event, order: Uuid) {
         let env = Envelope::new(event, "inventory-service", order.to_string());
         self.publish_envelope(&env).await;
@@ -199,36 +197,15 @@ impl Bench {
 
     /// Publishes `env` as is (the same event id every time: a redelivery).
     async fn publish_envelope(&self, env: &Envelope) {
-        let conn = self.vhost.connect().await;
-        let ch = conn.create_channel().await.expect("channel");
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirms");
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(env.event_id.to_string().into())
-            .with_correlation_id(env.metadata.correlation_id.as_str().into())
-            .with_content_type("application/json".into());
-        let confirm = ch
-            .basic_publish(
-                INVENTORY_EXCHANGE.into(),
-                env.event_type().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+        let id = env.event_id.to_string();
+        self.vhost
+            .publish(
+                INVENTORY_EXCHANGE,
+                env.event_type(),
                 &env.to_json(),
-                props,
+                Some(&id),
             )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(
-            confirm.is_ack() && confirm.take_message().is_none(),
-            "routed"
-        );
-        let _ = conn.close(200, "done".into()).await;
+            .await;
     }
 
     /// Waits for orders to publish `event_type` for `order`; returns it.
@@ -818,6 +795,11 @@ async fn bad_requests_name_the_field_and_probes_answer() {
         .await
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    // Ready once the relay and the consumer report their connections.
+    eventually(WAIT, "ready", || async {
+        bench.get(&svc, "/readyz").await.0 == 200
+    })
+    .await;
     let (status, ready) = bench.get(&svc, "/readyz").await;
     assert_eq!(status, 200, "{ready}");
     let metrics = bench
