@@ -253,6 +253,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             )
             .await?;
         tracing::info!(queue = %self.config.queue, consumer_tag = %tag, "consuming");
+        self.metrics.set_consuming(&self.config.queue, true);
 
         let lanes = self.config.lanes.max(1);
         let per_lane = (usize::from(self.config.prefetch) / lanes).max(1) + 1;
@@ -287,6 +288,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 }
             }
         };
+        self.metrics.set_consuming(&self.config.queue, false);
         // Lanes finish what they hold, then stop.
         drop(senders);
         while workers.join_next().await.is_some() {}

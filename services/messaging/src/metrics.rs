@@ -59,6 +59,17 @@ pub struct Metrics {
     pub outbox_backlog: Gauge,
     /// Age in seconds of the oldest unpublished outbox row (0 when there is none).
     pub outbox_oldest_unpublished_age: Gauge<f64, AtomicU64>,
+    /// 1 while the outbox relay holds a broker connection with its topology checked.
+    pub relay_connected: Gauge,
+    /// 1 while the consumer of a queue is consuming.
+    pub consumer_connected: Family<QueueLabels, Gauge>,
+}
+
+/// Labels of per-queue metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The consumed queue.
+    pub queue: String,
 }
 
 impl Metrics {
@@ -81,6 +92,8 @@ impl Metrics {
             events_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 22)),
             outbox_backlog: Gauge::default(),
             outbox_oldest_unpublished_age: Gauge::default(),
+            relay_connected: Gauge::default(),
+            consumer_connected: Family::default(),
         };
         registry.register(
             "events_published",
@@ -127,10 +140,42 @@ impl Metrics {
             "Age of the oldest unpublished outbox event",
             m.outbox_oldest_unpublished_age.clone(),
         );
+        registry.register(
+            "outbox_relay_connected",
+            "1 while the outbox relay is connected to the broker",
+            m.relay_connected.clone(),
+        );
+        registry.register(
+            "consumer_connected",
+            "1 while the consumer of a queue is consuming",
+            m.consumer_connected.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             ..m
         }
+    }
+
+    /// Whether the outbox relay is connected (for `/readyz`).
+    pub fn is_relay_connected(&self) -> bool {
+        self.relay_connected.get() > 0
+    }
+
+    /// Whether the consumer of `queue` is consuming (for `/readyz`).
+    pub fn is_consuming(&self, queue: &str) -> bool {
+        self.consumer_connected
+            .get(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .is_some_and(|g| g.get() > 0)
+    }
+
+    pub(crate) fn set_consuming(&self, queue: &str, consuming: bool) {
+        self.consumer_connected
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .set(i64::from(consuming));
     }
 
     /// Lets a service register metrics of its own next to these.

@@ -245,10 +245,20 @@ impl OutboxRelay {
                 }
             };
             tracing::info!(service = %self.config.service, "outbox relay connected");
+            self.metrics.relay_connected.set(1);
             loop {
                 if shutdown.is_cancelled() {
+                    self.metrics.relay_connected.set(0);
                     channel.close().await;
                     break 'session;
+                }
+                // Noticed here even while idle (every wake-up or poll), so readiness drops and
+                // the relay reconnects before it has anything to publish.
+                if !channel.is_connected() {
+                    self.metrics.relay_connected.set(0);
+                    channel.close().await;
+                    tracing::warn!(service = %self.config.service, "outbox relay lost its broker connection, reconnecting");
+                    continue 'session;
                 }
                 match self.relay_batch(&mut channel).await {
                     // A full batch means more is probably waiting. A partial one drained the
@@ -274,6 +284,7 @@ impl OutboxRelay {
                         let delay = backoff.next_delay();
                         tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox batch failed; nothing was marked, retrying");
                         if !channel.is_connected() {
+                            self.metrics.relay_connected.set(0);
                             channel.close().await;
                             tokio::select! {
                                 _ = shutdown.cancelled() => {}
