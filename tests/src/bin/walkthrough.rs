@@ -18,6 +18,14 @@ struct Tour {
     orders: String,
 }
 
+/// The last 8 characters of an id: the ids are time-ordered UUIDs, their first ones are alike.
+fn short(id: &str) -> &str {
+    id.char_indices()
+        .rev()
+        .nth(7)
+        .map_or(id, |(start, _)| &id[start..])
+}
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
@@ -78,27 +86,36 @@ impl Tour {
         Ok(body)
     }
 
+    /// Prints the stock of `products` once no reservation is held any more: every step of the
+    /// tour ends with its orders settled, but releases travel as events and take a moment.
     async fn stock_table(&self, products: &[Value]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rows = loop {
+            let mut rows = Vec::new();
+            for p in products {
+                let id = p["id"].as_str().unwrap_or_default();
+                let url = format!("{}/products/{id}", self.inventory);
+                rows.push(self.call(reqwest::Method::GET, url, None).await?.1);
+            }
+            let settled = rows.iter().all(|r| r["reserved"].as_i64() == Some(0));
+            if settled || Instant::now() > deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         println!(
             "   {:<16} {:>9} {:>8} {:>5} {:>8}",
             "product", "available", "reserved", "sold", "received"
         );
-        for p in products {
-            let id = p["id"].as_str().unwrap_or_default();
-            let (_, now) = self
-                .call(
-                    reqwest::Method::GET,
-                    format!("{}/products/{id}", self.inventory),
-                    None,
-                )
-                .await?;
+        for row in rows {
+            let n = |k: &str| row[k].as_i64().unwrap_or(-1);
+            let name = row["name"].as_str().unwrap_or("?");
             println!(
-                "   {:<16} {:>9} {:>8} {:>5} {:>8}",
-                now["name"].as_str().unwrap_or("?"),
-                now["available"],
-                now["reserved"],
-                now["sold"],
-                now["totalReceived"]
+                "   {name:<16} {:>9} {:>8} {:>5} {:>8}",
+                n("available"),
+                n("reserved"),
+                n("sold"),
+                n("totalReceived")
             );
         }
         Ok(())
@@ -122,40 +139,33 @@ impl Tour {
         let id = body["id"].as_str().context("order id")?.to_owned();
         println!(
             "\n▶ {label}: order {} placed with {} item(s)",
-            &id[..8],
+            short(&id),
             items.len()
         );
         Ok(id)
     }
 
-    /// Prints the order's history as it grows until it reaches `status` (or a terminal state).
-    async fn follow(&self, id: &str, status: &str) -> Result<Value> {
+    /// Prints the order's history from entry `printed` on as it grows, until the order reaches
+    /// `status` (or is cancelled); returns how many entries have been printed.
+    async fn follow(&self, id: &str, status: &str, mut printed: usize) -> Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut printed = 0;
         loop {
-            let (_, order) = self
-                .call(
-                    reqwest::Method::GET,
-                    format!("{}/orders/{id}", self.orders),
-                    None,
-                )
-                .await?;
+            let url = format!("{}/orders/{id}", self.orders);
+            let (_, order) = self.call(reqwest::Method::GET, url, None).await?;
             let history = order["history"].as_array().cloned().unwrap_or_default();
             for h in history.iter().skip(printed) {
-                let reason = h["reason"]
-                    .as_str()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default();
+                let reason = h["reason"].as_str().map(|r| format!(" ({r})"));
+                let to = h["status"].as_str().unwrap_or("?");
                 println!(
-                    "   order {} → {}{reason}",
-                    &id[..8],
-                    h["status"].as_str().unwrap_or("?")
+                    "   order {} → {to}{}",
+                    short(id),
+                    reason.unwrap_or_default()
                 );
             }
             printed = history.len();
             let now = order["status"].as_str().unwrap_or_default();
             if now == status || (now == "cancelled" && status != "cancelled") {
-                return Ok(order);
+                return Ok(printed);
             }
             if Instant::now() > deadline {
                 bail!("order {id} did not reach {status} within a minute (it is {now})");
@@ -172,7 +182,7 @@ impl Tour {
                 Some(json!({})),
             )
             .await?;
-        println!("   POST /orders/{}/{action} → {status}", &id[..8]);
+        println!("   POST /orders/{}/{action} → {status}", short(id));
         if !(200..300).contains(&status) {
             bail!("{action} refused: {status} {body}");
         }
@@ -202,29 +212,29 @@ async fn main() -> Result<()> {
     let paid = tour
         .place("a paid order", &[(&beans, 2), (&moka, 1)])
         .await?;
-    tour.follow(&paid, "reserved").await?;
+    let seen = tour.follow(&paid, "reserved", 0).await?;
     tour.act(&paid, "complete").await?;
-    tour.follow(&paid, "processing").await?;
+    tour.follow(&paid, "processing", seen).await?;
     tour.stock_table(&products).await?;
 
     let cancelled = tour
         .place("an order the customer cancels", &[(&grinder, 3)])
         .await?;
-    tour.follow(&cancelled, "reserved").await?;
+    let seen = tour.follow(&cancelled, "reserved", 0).await?;
     tour.act(&cancelled, "cancel").await?;
-    tour.follow(&cancelled, "cancelled").await?;
+    tour.follow(&cancelled, "cancelled", seen).await?;
 
-    let short = tour
+    let too_many = tour
         .place("an order for more than the stock", &[(&moka, 5)])
         .await?;
-    tour.follow(&short, "cancelled").await?;
+    tour.follow(&too_many, "cancelled", 0).await?;
 
     let declined = tour
         .place("an order whose payment fails", &[(&beans, 1)])
         .await?;
-    tour.follow(&declined, "reserved").await?;
+    let seen = tour.follow(&declined, "reserved", 0).await?;
     tour.act(&declined, "payment-failed").await?;
-    tour.follow(&declined, "cancelled").await?;
+    tour.follow(&declined, "cancelled", seen).await?;
     tour.stock_table(&products).await?;
 
     println!("\nThe workers keep running:");
