@@ -310,9 +310,13 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             match self.handle_batch(&batch).await {
                 Ok(handled) => {
                     backoff.reset();
-                    for (item, handled) in batch.into_iter().zip(handled) {
-                        self.settle(item, handled, &publisher).await;
-                    }
+                    // Together: lapin resolves each ack only once its I/O loop wrote it, so
+                    // one at a time would cost a thread hand-off per message.
+                    let settles = batch
+                        .into_iter()
+                        .zip(handled)
+                        .map(|(item, handled)| self.settle(item, handled, &publisher));
+                    futures::future::join_all(settles).await;
                 }
                 Err(err) => {
                     // The database is unusable: hand the messages back and slow down.
