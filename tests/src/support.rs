@@ -369,7 +369,6 @@ impl TestDatabase {
         let url = options.to_url_lossy().to_string();
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .test_before_acquire(false)
             .connect_with(options)
             .await
             .expect("connect to the test database");

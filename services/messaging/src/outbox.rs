@@ -8,6 +8,8 @@
 //! commits after higher ids were published is still picked up.
 
 use std::collections::{HashMap, VecDeque};
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,19 +262,13 @@ impl OutboxRelay {
                     tracing::warn!(service = %self.config.service, "outbox relay lost its broker connection, reconnecting");
                     continue 'session;
                 }
-                match self.relay_batch(&mut channel).await {
-                    // A full batch means more is probably waiting. A partial one drained the
-                    // outbox as of its snapshot: anything committed since has notified, and the
-                    // stored wake-up below returns at once, so no empty re-check is needed.
-                    Ok(report)
-                        if report.published + report.failed
-                            >= usize::try_from(self.config.batch_size).unwrap_or(usize::MAX) =>
-                    {
-                        backoff.reset();
-                        continue;
-                    }
-                    Ok(_) => {
-                        backoff.reset();
+                match self
+                    .lead(&mut channel, wake, shutdown, &mut housekeeping)
+                    .await
+                {
+                    Ok(Leadership::Ended) => backoff.reset(),
+                    Ok(Leadership::HeldElsewhere) => {
+                        // Another replica publishes; stand by until there is news.
                         tokio::select! {
                             _ = shutdown.cancelled() => {}
                             _ = wake.notified() => {}
@@ -282,7 +278,7 @@ impl OutboxRelay {
                     }
                     Err(err) => {
                         let delay = backoff.next_delay();
-                        tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox batch failed; nothing was marked, retrying");
+                        tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox relay failed; unconfirmed rows stay unmarked and go out again");
                         if !channel.is_connected() {
                             self.metrics.relay_connected.set(0);
                             channel.close().await;
@@ -303,16 +299,211 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Publishes one batch of due rows and marks the confirmed ones, all under the relay lock.
+    /// Publishes as the one leader among the relay replicas, pipelined, until shutdown or an
+    /// error; `HeldElsewhere` when another replica leads.
+    ///
+    /// Leadership is a session advisory lock on a connection of its own: if that connection
+    /// dies, PostgreSQL frees the lock, this relay's next statement fails, and it stops. Every
+    /// select and mark runs on that connection. Rows are published while earlier ones still
+    /// await their confirm (up to `confirm_window` in flight), so a newly committed row waits
+    /// for no confirm but its own; each is marked once its confirm arrived.
+    async fn lead(
+        &self,
+        channel: &mut RelayChannel,
+        wake: &Notify,
+        shutdown: &CancellationToken,
+        housekeeping: &mut tokio::time::Interval,
+    ) -> Result<Leadership> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if !locked {
+            return Ok(Leadership::HeldElsewhere);
+        }
+        // Marks need no fsync: if PostgreSQL loses some in a crash, those rows are published
+        // again and the idempotent consumer absorbs the duplicates. The connection is closed
+        // when leadership ends, so the setting never reaches the pool.
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut conn)
+            .await?;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let result = self
+            .lead_locked(
+                &mut conn,
+                channel,
+                &mut in_flight,
+                wake,
+                shutdown,
+                housekeeping,
+            )
+            .await;
+        // Whatever was confirmed is marked, so a clean stop republishes nothing.
+        if result.is_ok() {
+            while let Some(mut front) = in_flight.pop_front() {
+                let outcome = confirm_outcome(&mut front.confirm, front.started).await?;
+                self.mark(&mut conn, vec![(front.row, outcome)]).await?;
+            }
+        }
+        use sqlx::Connection as _;
+        let _ = conn.close().await; // frees the lock
+        result.map(|()| Leadership::Ended)
+    }
+
+    async fn lead_locked(
+        &self,
+        conn: &mut PgConnection,
+        channel: &mut RelayChannel,
+        in_flight: &mut VecDeque<InFlight>,
+        wake: &Notify,
+        shutdown: &CancellationToken,
+        housekeeping: &mut tokio::time::Interval,
+    ) -> Result<()> {
+        let window = self.config.confirm_window.max(1);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if !channel.is_connected() {
+                return Err(Error::NotConfirmed("the broker connection was lost".into()));
+            }
+            if in_flight.len() < window {
+                let limit = i64::try_from(window - in_flight.len()).unwrap_or(i64::MAX);
+                let exclude: Vec<i64> = in_flight.iter().map(|f| f.row.id).collect();
+                let rows =
+                    select_due(&mut *conn, limit.min(self.config.batch_size), &exclude).await?;
+                let (published, refused) = self.publish_pipelined(channel, rows).await?;
+                in_flight.extend(published);
+                if !refused.is_empty() {
+                    self.mark(conn, refused).await?;
+                }
+            }
+            let has_room = in_flight.len() < window;
+            let Some(front) = in_flight.front_mut() else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = housekeeping.tick() => self.housekeeping().await,
+                }
+                continue;
+            };
+            tokio::select! {
+                biased;
+                outcome = confirm_outcome(&mut front.confirm, front.started) => {
+                    let outcome = outcome?;
+                    let mut done = Vec::new();
+                    if let Some(first) = in_flight.pop_front() {
+                        done.push((first.row, outcome));
+                    }
+                    // Take every later confirm that has already arrived, for one UPDATE.
+                    while let Some(next) = in_flight.front_mut() {
+                        let started = next.started;
+                        match confirm_outcome(&mut next.confirm, started).now_or_never() {
+                            Some(outcome) => {
+                                let outcome = outcome?;
+                                if let Some(next) = in_flight.pop_front() {
+                                    done.push((next.row, outcome));
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                    self.mark(conn, done).await?;
+                }
+                _ = wake.notified(), if has_room => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Publishes `rows` without waiting for their confirms; rows whose exchange is missing come
+    /// back with their outcome at once.
+    ///
+    /// Rows go out in chunks of half the confirm window whose publishes are started together:
+    /// lapin resolves a publish only once its I/O loop wrote the frames, so awaiting them one by
+    /// one costs a thread hand-off per message, while a chunk costs one. The futures are first
+    /// polled in row order, which is the order lapin queues the frames: per-aggregate order
+    /// holds.
+    async fn publish_pipelined(
+        &self,
+        channel: &mut RelayChannel,
+        rows: Vec<OutboxRow>,
+    ) -> Result<(Vec<InFlight>, Vec<(OutboxRow, RowOutcome)>)> {
+        let mut publishable = Vec::with_capacity(rows.len());
+        let mut refused = Vec::new();
+        for row in rows {
+            if channel.exchange_exists(&row.exchange).await? {
+                publishable.push(row);
+            } else {
+                let reason = format!("exchange '{}' does not exist", row.exchange);
+                refused.push((row, RowOutcome::Failed(reason)));
+            }
+        }
+        let mut published = Vec::with_capacity(publishable.len());
+        let chunk = (self.config.confirm_window / 2).max(1);
+        let mut rows = publishable.into_iter().peekable();
+        while rows.peek().is_some() {
+            let batch: Vec<OutboxRow> = rows.by_ref().take(chunk).collect();
+            let started = Instant::now();
+            let confirms = futures::future::try_join_all(
+                batch.iter().map(|row| self.publish_one(channel, row)),
+            )
+            .await?;
+            published.extend(
+                batch
+                    .into_iter()
+                    .zip(confirms)
+                    .map(|(row, confirm)| InFlight {
+                        row,
+                        started,
+                        confirm,
+                    }),
+            );
+        }
+        Ok((published, refused))
+    }
+
+    /// Records outcomes: confirmed rows published, the others held back with backoff.
+    async fn mark(
+        &self,
+        conn: &mut PgConnection,
+        done: Vec<(OutboxRow, RowOutcome)>,
+    ) -> Result<()> {
+        let published: Vec<i64> = done
+            .iter()
+            .filter(|(_, o)| matches!(o, RowOutcome::Published(_)))
+            .map(|(row, _)| row.id)
+            .collect();
+        if !published.is_empty() {
+            sqlx::query(MARK_PUBLISHED)
+                .bind(&published)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for (row, outcome) in &done {
+            if let RowOutcome::Failed(reason) = outcome {
+                let delay = self.failed_row_delay(row.attempts);
+                sqlx::query(MARK_FAILED)
+                    .bind(row.id)
+                    .bind(reason)
+                    .bind(delay.as_secs_f64())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            self.report(row, outcome);
+        }
+        Ok(())
+    }
+
+    /// Publishes one batch of due rows and marks the confirmed ones, all in one transaction
+    /// under the relay lock (the same lock a leading relay holds, so the two never overlap).
     ///
     /// If anything fails before the marks commit, nothing is marked and the rows go out again
     /// later: at-least-once, which the idempotent consumer absorbs.
     pub async fn relay_batch(&self, channel: &mut RelayChannel) -> Result<BatchReport> {
-        let started = Instant::now();
         let mut tx = self.pool.begin().await?;
-        // The marks need no fsync before the next batch: if PostgreSQL loses them in a crash,
-        // the rows are published again and the idempotent consumer absorbs the duplicates.
-        // This keeps a disk flush off every relay cycle, which is what bounds latency.
         let (locked, _): (bool, String) = sqlx::query_as(
             "SELECT pg_try_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
         )
@@ -325,99 +516,26 @@ impl OutboxRelay {
                 ..BatchReport::default()
             });
         }
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT o.id, o.event_id, o.event_type, o.exchange, o.routing_key, o.correlation_id, \
-                    o.occurred_at, o.payload, o.attempts \
-             FROM outbox o \
-             WHERE o.published_at IS NULL \
-               AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
-               AND NOT EXISTS ( \
-                   SELECT 1 FROM outbox h \
-                   WHERE h.published_at IS NULL AND h.next_attempt_at IS NOT NULL \
-                     AND h.next_attempt_at > now() \
-                     AND h.aggregate_id = o.aggregate_id AND h.id < o.id) \
-             ORDER BY o.id \
-             LIMIT $1",
-        )
-        .bind(self.config.batch_size)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            tx.commit().await?;
-            return Ok(BatchReport::default());
+        let rows = select_due(&mut tx, self.config.batch_size, &[]).await?;
+        let (published, mut done) = self.publish_pipelined(channel, rows).await?;
+        for mut flight in published {
+            let outcome = confirm_outcome(&mut flight.confirm, flight.started).await?;
+            done.push((flight.row, outcome));
         }
-
-        let selected = started.elapsed();
-        let outcomes = self.publish_rows(channel, &rows).await?;
-        let confirmed = started.elapsed();
-
-        let mut published = Vec::with_capacity(rows.len());
-        let mut failed = Vec::new();
-        for (row, outcome) in rows.iter().zip(&outcomes) {
-            match outcome {
-                RowOutcome::Published(_) => published.push(row.id),
-                RowOutcome::Failed(reason) => failed.push((row, reason)),
-            }
-        }
-        sqlx::query(
-            "UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
-             next_attempt_at = NULL, last_error = NULL WHERE id = ANY($1)",
-        )
-        .bind(&published)
-        .execute(&mut *tx)
-        .await?;
-        for (row, reason) in &failed {
-            let delay = self.failed_row_delay(row.attempts);
-            sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
-                 next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
-            )
-            .bind(row.id)
-            .bind(*reason)
-            .bind(delay.as_secs_f64())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-
-        for (row, outcome) in rows.iter().zip(&outcomes) {
-            match outcome {
-                RowOutcome::Published(took) => {
-                    Metrics::by_type(&self.metrics.events_published, &row.event_type).inc();
-                    self.metrics
-                        .events_publish_duration
-                        .get_or_create(&crate::metrics::EventTypeLabels {
-                            event_type: row.event_type.clone(),
-                        })
-                        .observe(took.as_secs_f64());
-                }
-                RowOutcome::Failed(reason) => {
-                    Metrics::by_type(&self.metrics.events_publish_errors, &row.event_type).inc();
-                    tracing::error!(
-                        event_id = %row.event_id,
-                        correlation_id = %row.correlation_id,
-                        event_type = %row.event_type,
-                        exchange = %row.exchange,
-                        attempts = row.attempts + 1,
-                        reason = %reason,
-                        "outbox event not accepted by the broker; it stays in the outbox and is retried"
-                    );
-                }
-            }
-        }
-        tracing::debug!(
-            published = published.len(),
-            failed = failed.len(),
-            select_ms = selected.as_secs_f64() * 1e3,
-            publish_ms = (confirmed - selected).as_secs_f64() * 1e3,
-            mark_ms = (started.elapsed() - confirmed).as_secs_f64() * 1e3,
-            "outbox batch relayed"
-        );
-        Ok(BatchReport {
+        let report = BatchReport {
             busy: false,
-            published: published.len(),
-            failed: failed.len(),
-        })
+            published: done
+                .iter()
+                .filter(|(_, o)| matches!(o, RowOutcome::Published(_)))
+                .count(),
+            failed: done
+                .iter()
+                .filter(|(_, o)| matches!(o, RowOutcome::Failed(_)))
+                .count(),
+        };
+        self.mark(&mut tx, done).await?;
+        tx.commit().await?;
+        Ok(report)
     }
 
     fn failed_row_delay(&self, previous_attempts: i32) -> Duration {
@@ -428,74 +546,56 @@ impl OutboxRelay {
             .min(self.config.failed_row_backoff_max)
     }
 
-    /// Publishes every row with at most `confirm_window` unconfirmed at once.
-    ///
-    /// Rows go out in chunks of half the window whose publishes are started together: lapin
-    /// resolves a publish only once its I/O loop wrote the frames, so awaiting them one by one
-    /// costs a thread hand-off per message, while a chunk costs one. The futures are first
-    /// polled in row order, which is the order lapin queues the frames: per-aggregate order
-    /// holds. While one chunk waits for its confirms the next one is already on the wire.
-    async fn publish_rows(
-        &self,
-        channel: &mut RelayChannel,
-        rows: &[OutboxRow],
-    ) -> Result<Vec<RowOutcome>> {
-        let mut outcomes: Vec<Option<RowOutcome>> = rows.iter().map(|_| None).collect();
-        let mut publishable = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            if channel.exchange_exists(&row.exchange).await? {
-                publishable.push(i);
-            } else {
-                outcomes[i] = Some(RowOutcome::Failed(format!(
-                    "exchange '{}' does not exist",
-                    row.exchange
-                )));
+    fn publish_one<'a>(
+        &'a self,
+        channel: &'a RelayChannel,
+        row: &'a OutboxRow,
+    ) -> impl std::future::Future<Output = lapin::Result<lapin::PublisherConfirm>> + 'a {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(row.event_id.to_string().into())
+            .with_correlation_id(row.correlation_id.as_str().into())
+            .with_type(row.event_type.as_str().into())
+            .with_app_id(self.config.service.as_str().into())
+            .with_timestamp(row.occurred_at.timestamp().max(0) as u64);
+        channel.channel.basic_publish(
+            row.exchange.as_str().into(),
+            row.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            row.payload.as_bytes(),
+            props,
+        )
+    }
+
+    /// Counts and logs what became of a row.
+    fn report(&self, row: &OutboxRow, outcome: &RowOutcome) {
+        match outcome {
+            RowOutcome::Published(took) => {
+                Metrics::by_type(&self.metrics.events_published, &row.event_type).inc();
+                self.metrics
+                    .events_publish_duration
+                    .get_or_create(&crate::metrics::EventTypeLabels {
+                        event_type: row.event_type.clone(),
+                    })
+                    .observe(took.as_secs_f64());
+            }
+            RowOutcome::Failed(reason) => {
+                Metrics::by_type(&self.metrics.events_publish_errors, &row.event_type).inc();
+                tracing::error!(
+                    event_id = %row.event_id,
+                    correlation_id = %row.correlation_id,
+                    event_type = %row.event_type,
+                    exchange = %row.exchange,
+                    attempts = row.attempts + 1,
+                    reason = %reason,
+                    "outbox event not accepted by the broker; it stays in the outbox and is retried"
+                );
             }
         }
-        let chunk = (self.config.confirm_window / 2).max(1);
-        let mut in_flight: VecDeque<Vec<Pending>> = VecDeque::with_capacity(2);
-        for indexes in publishable.chunks(chunk) {
-            if in_flight.len() >= 2 {
-                settle_all(in_flight.pop_front(), &mut outcomes).await?;
-            }
-            let started = Instant::now();
-            let publishes = indexes.iter().map(|&i| {
-                let row = &rows[i];
-                let props = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into())
-                    .with_message_id(row.event_id.to_string().into())
-                    .with_correlation_id(row.correlation_id.as_str().into())
-                    .with_type(row.event_type.as_str().into())
-                    .with_app_id(self.config.service.as_str().into())
-                    .with_timestamp(row.occurred_at.timestamp().max(0) as u64);
-                channel.channel.basic_publish(
-                    row.exchange.as_str().into(),
-                    row.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    row.payload.as_bytes(),
-                    props,
-                )
-            });
-            let confirms = futures::future::try_join_all(publishes).await?;
-            in_flight.push_back(
-                indexes
-                    .iter()
-                    .zip(confirms)
-                    .map(|(&i, confirm)| (i, started, confirm))
-                    .collect(),
-            );
-        }
-        while let Some(group) = in_flight.pop_front() {
-            settle_all(Some(group), &mut outcomes).await?;
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| RowOutcome::Failed("not published".into())))
-            .collect())
     }
 
     /// Removes published rows past retention and refreshes the backlog gauges.
@@ -540,33 +640,69 @@ impl OutboxRelay {
     }
 }
 
-/// A published row waiting for its confirm: row index, publish time, the confirm.
-type Pending = (usize, Instant, lapin::PublisherConfirm);
+/// How a turn at leading ended.
+enum Leadership {
+    /// Shutdown was asked for.
+    Ended,
+    /// Another replica holds the relay lock.
+    HeldElsewhere,
+}
 
-/// Waits for every confirm of `group` and records each row's outcome.
-async fn settle_all(
-    group: Option<Vec<Pending>>,
-    outcomes: &mut [Option<RowOutcome>],
-) -> Result<()> {
-    for (i, started, confirm) in group.unwrap_or_default() {
-        let outcome = match confirm.await? {
-            Confirmation::Ack(None) => RowOutcome::Published(started.elapsed()),
-            Confirmation::Ack(Some(returned)) => RowOutcome::Failed(format!(
-                "returned by the broker: {} {} (no queue is bound for this routing key)",
-                returned.reply_code, returned.reply_text
-            )),
-            Confirmation::Nack(_) => {
-                RowOutcome::Failed("the broker refused the message (nack)".into())
-            }
-            Confirmation::NotRequested => {
-                return Err(Error::Config(
-                    "publisher confirms are not enabled on the relay channel".into(),
-                ));
-            }
-        };
-        outcomes[i] = Some(outcome);
-    }
-    Ok(())
+/// A published row waiting for its confirm.
+struct InFlight {
+    row: OutboxRow,
+    started: Instant,
+    confirm: lapin::PublisherConfirm,
+}
+
+const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
+     next_attempt_at = NULL, last_error = NULL WHERE id = ANY($1)";
+
+const MARK_FAILED: &str = "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+     next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1";
+
+/// Unpublished rows that are due, in id order, skipping `exclude` (rows in flight) and every
+/// row behind a held-back row of the same aggregate (per-aggregate order).
+async fn select_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    exclude: &[i64],
+) -> Result<Vec<OutboxRow>> {
+    Ok(sqlx::query_as(
+        "SELECT o.id, o.event_id, o.event_type, o.exchange, o.routing_key, o.correlation_id, \
+                o.occurred_at, o.payload, o.attempts \
+         FROM outbox o \
+         WHERE o.published_at IS NULL \
+           AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+           AND o.id <> ALL($2) \
+           AND NOT EXISTS ( \
+               SELECT 1 FROM outbox h \
+               WHERE h.published_at IS NULL AND h.next_attempt_at IS NOT NULL \
+                 AND h.next_attempt_at > now() \
+                 AND h.aggregate_id = o.aggregate_id AND h.id < o.id) \
+         ORDER BY o.id \
+         LIMIT $1",
+    )
+    .bind(limit)
+    .bind(exclude)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Waits for one confirm and says what it means for the row.
+async fn confirm_outcome(
+    confirm: &mut lapin::PublisherConfirm,
+    started: Instant,
+) -> Result<RowOutcome> {
+    Ok(match confirm.await? {
+        Confirmation::Ack(None) => RowOutcome::Published(started.elapsed()),
+        Confirmation::Ack(Some(returned)) => RowOutcome::Failed(format!(
+            "returned by the broker: {} {} (no queue is bound for this routing key)",
+            returned.reply_code, returned.reply_text
+        )),
+        Confirmation::Nack(_) => RowOutcome::Failed("the broker refused the message (nack)".into()),
+        Confirmation::NotRequested => RowOutcome::Failed("not published".into()),
+    })
 }
 
 /// Forwards outbox NOTIFYs to `wake` until `shutdown`. sqlx's listener reconnects by itself;
