@@ -361,26 +361,33 @@ impl OutboxRelay {
         housekeeping: &mut tokio::time::Interval,
     ) -> Result<()> {
         let window = self.config.confirm_window.max(1);
+        // Confirmed rows not yet marked. They are marked in groups (a quarter of the window,
+        // or whenever the pipeline runs low) and always before the next select, which must
+        // not see them as unpublished.
+        let mut confirmed: Vec<(OutboxRow, RowOutcome)> = Vec::new();
         loop {
             if shutdown.is_cancelled() {
-                return Ok(());
+                return self.mark(conn, confirmed).await;
             }
             if !channel.is_connected() {
                 return Err(Error::NotConfirmed("the broker connection was lost".into()));
             }
-            if in_flight.len() < window {
+            // Top up once half the window is free: under load that keeps selects and marks
+            // large and few; at a trickle the pipeline is nearly empty, so every new row goes
+            // out at once.
+            if in_flight.len() <= window / 2 {
+                self.mark(conn, std::mem::take(&mut confirmed)).await?;
                 let limit = i64::try_from(window - in_flight.len()).unwrap_or(i64::MAX);
                 let exclude: Vec<i64> = in_flight.iter().map(|f| f.row.id).collect();
                 let rows =
                     select_due(&mut *conn, limit.min(self.config.batch_size), &exclude).await?;
                 let (published, refused) = self.publish_pipelined(channel, rows).await?;
                 in_flight.extend(published);
-                if !refused.is_empty() {
-                    self.mark(conn, refused).await?;
-                }
+                self.mark(conn, refused).await?;
             }
-            let has_room = in_flight.len() < window;
+            let low = in_flight.len() <= window / 2;
             let Some(front) = in_flight.front_mut() else {
+                self.mark(conn, std::mem::take(&mut confirmed)).await?;
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = wake.notified() => {}
@@ -393,26 +400,27 @@ impl OutboxRelay {
                 biased;
                 outcome = confirm_outcome(&mut front.confirm, front.started) => {
                     let outcome = outcome?;
-                    let mut done = Vec::new();
                     if let Some(first) = in_flight.pop_front() {
-                        done.push((first.row, outcome));
+                        confirmed.push((first.row, outcome));
                     }
-                    // Take every later confirm that has already arrived, for one UPDATE.
+                    // Take every later confirm that has already arrived.
                     while let Some(next) = in_flight.front_mut() {
                         let started = next.started;
                         match confirm_outcome(&mut next.confirm, started).now_or_never() {
                             Some(outcome) => {
                                 let outcome = outcome?;
                                 if let Some(next) = in_flight.pop_front() {
-                                    done.push((next.row, outcome));
+                                    confirmed.push((next.row, outcome));
                                 }
                             }
                             None => break,
                         }
                     }
-                    self.mark(conn, done).await?;
+                    if confirmed.len() >= (window / 4).max(1) || in_flight.len() <= window / 2 {
+                        self.mark(conn, std::mem::take(&mut confirmed)).await?;
+                    }
                 }
-                _ = wake.notified(), if has_room => {}
+                _ = wake.notified(), if low => {}
                 _ = shutdown.cancelled() => {}
             }
         }
