@@ -8,4 +8,14 @@ scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 scripts/chart-check.sh
-cargo test --workspace
+# cargo prints one summary per test binary (the last one is often an empty doc-test run), so
+# close with one line that adds them all up.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
