@@ -268,10 +268,11 @@ impl OutboxRelay {
                 {
                     Ok(Leadership::Ended) => backoff.reset(),
                     Ok(Leadership::HeldElsewhere) => {
-                        // Another replica publishes; stand by until there is news.
+                        // Another replica publishes. Stand by and try again at the poll
+                        // interval, not on every NOTIFY: the leader handles those, and a
+                        // take-over within one interval after it dies is soon enough.
                         tokio::select! {
                             _ = shutdown.cancelled() => {}
-                            _ = wake.notified() => {}
                             _ = tokio::time::sleep(self.config.poll_interval) => {}
                             _ = housekeeping.tick() => self.housekeeping().await,
                         }
@@ -314,14 +315,17 @@ impl OutboxRelay {
         shutdown: &CancellationToken,
         housekeeping: &mut tokio::time::Interval,
     ) -> Result<Leadership> {
-        let mut conn = self.pool.acquire().await?.detach();
+        let mut pooled = self.pool.acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *pooled)
             .await?;
         if !locked {
+            // A failed try holds nothing: the connection goes back to the pool as it was.
             return Ok(Leadership::HeldElsewhere);
         }
+        // The lock lives as long as this connection: take it out of the pool for good.
+        let mut conn = pooled.detach();
         // Marks need no fsync: if PostgreSQL loses some in a crash, those rows are published
         // again and the idempotent consumer absorbs the duplicates. The connection is closed
         // when leadership ends, so the setting never reaches the pool.
