@@ -141,6 +141,23 @@ async fn raw_publish(ch: &Channel, bodies: &[Vec<u8>], window: usize) -> Result<
     Ok(())
 }
 
+/// A raw consumer of the queue with the benchmark's prefetch, as the baselines use it.
+async fn raw_consumer(conn: &lapin::Connection, tag: &str) -> Result<(Channel, lapin::Consumer)> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            ORDERS_INVENTORY_EVENTS_QUEUE.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
 fn bodies(n: usize) -> Vec<Vec<u8>> {
     let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
     (0..n)
@@ -226,18 +243,7 @@ async fn scenario_consume(n: usize) -> Result<serde_json::Value> {
     raw_publish(&ch, &payloads, CONFIRM_WINDOW).await?;
 
     // Baseline: consume and ack each message, nothing else.
-    let consume_ch = conn.create_channel().await?;
-    consume_ch
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consume_ch
-        .basic_consume(
-            ORDERS_INVENTORY_EVENTS_QUEUE.into(),
-            "bench-raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (consume_ch, mut consumer) = raw_consumer(&conn, "bench-raw").await?;
     let started = Instant::now();
     let mut got = 0;
     while got < n {
@@ -260,7 +266,14 @@ async fn scenario_consume(n: usize) -> Result<serde_json::Value> {
     let stop = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(300);
     while handled.0.load(Ordering::Relaxed) < n as u64 {
+        if Instant::now() > deadline || task.is_finished() {
+            bail!(
+                "consumer stalled after {} of {n}",
+                handled.0.load(Ordering::Relaxed)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let warren = n as f64 / started.elapsed().as_secs_f64();
@@ -294,18 +307,7 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
 
     // Baseline: publish with confirms at `rate`, consume with manual ack; publish → delivery.
     let (conn, ch) = bench.channel(true).await?;
-    let consume_ch = conn.create_channel().await?;
-    consume_ch
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consume_ch
-        .basic_consume(
-            ORDERS_INVENTORY_EVENTS_QUEUE.into(),
-            "bench-latency".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (_consume_ch, mut consumer) = raw_consumer(&conn, "bench-latency").await?;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let receiver_sent = sent_at.clone();
     let receiver = tokio::spawn(async move {
