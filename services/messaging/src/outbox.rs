@@ -425,6 +425,9 @@ impl OutboxRelay {
                     }
                 }
                 _ = wake.notified(), if low => {}
+                // Never wait on a confirm alone: a connection killed under it may leave the
+                // confirm pending, and the loop must come round to notice and reconnect.
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = shutdown.cancelled() => {}
             }
         }
