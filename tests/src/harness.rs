@@ -148,7 +148,12 @@ impl Harness {
 
     /// Starts a relay in the background; returns its stop token.
     pub fn spawn_relay(&mut self) -> CancellationToken {
-        let relay = self.relay();
+        self.spawn_relay_with(self.relay_config())
+    }
+
+    /// Starts a relay with `config` in the background; returns its stop token.
+    pub fn spawn_relay_with(&mut self, config: RelayConfig) -> CancellationToken {
+        let relay = OutboxRelay::new(self.db.pool.clone(), config, self.metrics.clone());
         let stop = CancellationToken::new();
         let handle = tokio::spawn(relay.run(stop.clone()));
         self.tasks.push((stop.clone(), handle));

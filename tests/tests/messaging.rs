@@ -471,6 +471,49 @@ async fn a_row_committed_after_higher_ids_were_published_is_still_published() {
     h.stop().await;
 }
 
+/// The leading relay starts its selects above rows it published, but never above a row whose
+/// transaction was still open: here the fallback poll (which rescans everything) is an hour
+/// away, so only the commit's NOTIFY and a select that still looks low enough can find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leading_relay_finds_a_late_row_below_everything_it_published() {
+    let mut h = Harness::start("late-leader").await;
+    h.spawn_consumer();
+    let mut config = h.relay_config();
+    config.poll_interval = Duration::from_secs(3600);
+    h.spawn_relay_with(config);
+
+    let mut slow = h.pool().begin().await.unwrap();
+    let late = enqueue_in(&mut slow, Uuid::new_v4(), 0).await; // lowest id, still open
+    let mut early = Vec::new();
+    for seq in 1..=60 {
+        early.push(h.enqueue(Uuid::new_v4(), seq).await);
+    }
+    eventually(WAIT, "the 60 committed events handled", || async {
+        h.effects().await == 60
+    })
+    .await;
+    // More selects after the others ended, so the relay had every chance to move past them.
+    for seq in 61..=70 {
+        early.push(h.enqueue(Uuid::new_v4(), seq).await);
+    }
+    eventually(WAIT, "70 events handled", || async {
+        h.effects().await == 70
+    })
+    .await;
+
+    slow.commit().await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the late event handled",
+        || async { h.effects_of(late).await == 1 },
+    )
+    .await;
+    for id in early {
+        assert_eq!(h.effects_of(id).await, 1);
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_events_stay_in_the_outbox_and_are_reported() {
     let h = Harness::start("unroutable").await;

@@ -13,6 +13,7 @@ pub mod events;
 pub mod metrics;
 pub mod outbox;
 pub mod retry;
+mod scan_floor;
 pub mod schema;
 pub mod topology;
 

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::broker::{self, Backoff, RequiredTopology};
 use crate::events::Envelope;
 use crate::metrics::Metrics;
+use crate::scan_floor::{Horizon, ScanFloor};
 use crate::{Error, Result};
 
 /// The NOTIFY channel the outbox trigger signals on every insert.
@@ -326,18 +327,30 @@ impl OutboxRelay {
         }
         // The lock lives as long as this connection: take it out of the pool for good.
         let mut conn = pooled.detach();
-        // Marks need no fsync: if PostgreSQL loses some in a crash, those rows are published
-        // again and the idempotent consumer absorbs the duplicates. The connection is closed
-        // when leadership ends, so the setting never reaches the pool.
-        sqlx::query("SET synchronous_commit = off")
-            .execute(&mut conn)
-            .await?;
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        // Settings for this connection only; it is closed when leadership ends, so they never
+        // reach the pool.
+        // - Marks need no fsync: if PostgreSQL loses some in a crash, those rows are published
+        //   again and the idempotent consumer absorbs the duplicates.
+        // - The relay's statements are planned once: re-planning them on every select (what
+        //   PostgreSQL chooses for them by itself) cost more than running them. With sequential
+        //   scans off, the one plan walks the indexes whatever the table's statistics said when
+        //   it was made, such as "empty" just after the migration.
+        sqlx::raw_sql(
+            "SET synchronous_commit = off; SET plan_cache_mode = force_generic_plan; \
+             SET enable_seqscan = off",
+        )
+        .execute(&mut conn)
+        .await?;
+        // A new leader looks at once: rows may have waited while nobody led.
+        let mut pipeline = Pipeline {
+            due: true,
+            ..Pipeline::default()
+        };
         let result = self
             .lead_locked(
                 &mut conn,
                 channel,
-                &mut in_flight,
+                &mut pipeline,
                 wake,
                 shutdown,
                 housekeeping,
@@ -345,10 +358,11 @@ impl OutboxRelay {
             .await;
         // Whatever was confirmed is marked, so a clean stop republishes nothing.
         if result.is_ok() {
-            while let Some(mut front) = in_flight.pop_front() {
+            while let Some(mut front) = pipeline.in_flight.pop_front() {
                 let outcome = confirm_outcome(&mut front.confirm, front.started).await?;
-                self.mark(&mut conn, vec![(front.row, outcome)]).await?;
+                pipeline.confirmed.push((front.row, outcome));
             }
+            self.flush_marks(&mut conn, &mut pipeline).await?;
         }
         use sqlx::Connection as _;
         let _ = conn.close().await; // frees the lock
@@ -359,78 +373,151 @@ impl OutboxRelay {
         &self,
         conn: &mut PgConnection,
         channel: &mut RelayChannel,
-        in_flight: &mut VecDeque<InFlight>,
+        pipeline: &mut Pipeline,
         wake: &Notify,
         shutdown: &CancellationToken,
         housekeeping: &mut tokio::time::Interval,
     ) -> Result<()> {
         let window = self.config.confirm_window.max(1);
-        // Confirmed rows not yet marked. They are marked in groups (a quarter of the window,
-        // or whenever the pipeline runs low) and always before the next select, which must
-        // not see them as unpublished.
-        let mut confirmed: Vec<(OutboxRow, RowOutcome)> = Vec::new();
+        let poll = self.config.poll_interval;
+        // The floor is only a shortcut: scanning the whole outbox now and then makes sure no
+        // row stays behind it, whatever happened.
+        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if shutdown.is_cancelled() {
-                return self.mark(conn, confirmed).await;
+                return Ok(());
             }
             if !channel.is_connected() {
                 return Err(Error::NotConfirmed("the broker connection was lost".into()));
             }
             // Top up once half the window is free: under load that keeps selects and marks
             // large and few; at a trickle the pipeline is nearly empty, so every new row goes
-            // out at once.
-            if in_flight.len() <= window / 2 {
-                self.mark(conn, std::mem::take(&mut confirmed)).await?;
-                let limit = i64::try_from(window - in_flight.len()).unwrap_or(i64::MAX);
-                let exclude: Vec<i64> = in_flight.iter().map(|f| f.row.id).collect();
-                let rows =
-                    select_due(&mut *conn, limit.min(self.config.batch_size), &exclude).await?;
-                let (published, refused) = self.publish_pipelined(channel, rows).await?;
-                in_flight.extend(published);
-                self.mark(conn, refused).await?;
+            // out at once. Only when something may be waiting: a NOTIFY came, the last select
+            // was cut short by its limit, a held-back row is due, or the poll came round.
+            if pipeline.due && pipeline.in_flight.len() <= window / 2 {
+                self.top_up(conn, channel, pipeline, window).await?;
             }
-            let low = in_flight.len() <= window / 2;
-            let Some(front) = in_flight.front_mut() else {
-                self.mark(conn, std::mem::take(&mut confirmed)).await?;
+            if let Some(front) = pipeline.in_flight.front_mut() {
                 tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
-                    _ = housekeeping.tick() => self.housekeeping().await,
-                }
-                continue;
-            };
-            tokio::select! {
-                biased;
-                outcome = confirm_outcome(&mut front.confirm, front.started) => {
-                    let outcome = outcome?;
-                    if let Some(first) = in_flight.pop_front() {
-                        confirmed.push((first.row, outcome));
-                    }
-                    // Take every later confirm that has already arrived.
-                    while let Some(next) = in_flight.front_mut() {
-                        let started = next.started;
-                        match confirm_outcome(&mut next.confirm, started).now_or_never() {
-                            Some(outcome) => {
-                                let outcome = outcome?;
-                                if let Some(next) = in_flight.pop_front() {
-                                    confirmed.push((next.row, outcome));
-                                }
-                            }
-                            None => break,
+                    biased;
+                    outcome = confirm_outcome(&mut front.confirm, front.started) => {
+                        pipeline.take_confirmed(outcome?)?;
+                        // Marks ride along with the next top-up; when none is coming, they
+                        // go out on their own once a quarter of the window is waiting.
+                        if !pipeline.due && pipeline.confirmed.len() >= (window / 4).max(1) {
+                            self.flush_marks(conn, pipeline).await?;
                         }
                     }
-                    if confirmed.len() >= (window / 4).max(1) || in_flight.len() <= window / 2 {
-                        self.mark(conn, std::mem::take(&mut confirmed)).await?;
-                    }
+                    _ = wake.notified() => pipeline.due = true,
+                    _ = until(pipeline.retry_at) => pipeline.retry_due(),
+                    _ = rescan.tick() => pipeline.rescan(),
+                    _ = housekeeping.tick() => self.housekeeping().await,
+                    // Never wait on a confirm alone: a connection killed under it may leave the
+                    // confirm pending, and the loop must come round to notice and reconnect.
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.cancelled() => {}
                 }
-                _ = wake.notified(), if low => {}
-                // Never wait on a confirm alone: a connection killed under it may leave the
-                // confirm pending, and the loop must come round to notice and reconnect.
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                continue;
+            }
+            if pipeline.due {
+                continue;
+            }
+            // Idle. Confirmed rows wait a moment for the next top-up to carry their mark, so
+            // a steady trickle costs one statement per wake-up, not two.
+            let linger = (!pipeline.confirmed.is_empty()).then(|| Instant::now() + MARK_LINGER);
+            tokio::select! {
                 _ = shutdown.cancelled() => {}
+                _ = wake.notified() => pipeline.due = true,
+                _ = until(linger) => self.flush_marks(conn, pipeline).await?,
+                _ = until(pipeline.retry_at) => pipeline.retry_due(),
+                _ = rescan.tick() => pipeline.rescan(),
+                _ = housekeeping.tick() => self.housekeeping().await,
+                _ = tokio::time::sleep(poll) => pipeline.due = true,
             }
         }
+    }
+
+    /// Marks the waiting confirmed rows, selects due rows in the same statement and publishes
+    /// them.
+    async fn top_up(
+        &self,
+        conn: &mut PgConnection,
+        channel: &mut RelayChannel,
+        pipeline: &mut Pipeline,
+        window: usize,
+    ) -> Result<()> {
+        pipeline.due = false;
+        let (published, failed): (Vec<_>, Vec<_>) = std::mem::take(&mut pipeline.confirmed)
+            .into_iter()
+            .partition(|(_, outcome)| matches!(outcome, RowOutcome::Published(_)));
+        // Held back first, on their own: the select must see them as held back.
+        self.mark_failed(conn, pipeline, failed).await?;
+        let marking: Vec<i64> = published.iter().map(|(row, _)| row.id).collect();
+        let exclude: Vec<i64> = pipeline
+            .in_flight
+            .iter()
+            .map(|f| f.row.id)
+            .chain(marking.iter().copied())
+            .collect();
+        let limit = i64::try_from(window - pipeline.in_flight.len())
+            .unwrap_or(i64::MAX)
+            .min(self.config.batch_size)
+            .max(1);
+        let selection = select_due(conn, limit, pipeline.floor.value(), &exclude, &marking).await?;
+        for (row, outcome) in &published {
+            self.report(row, outcome);
+        }
+        let rows = selection.rows;
+        let cut_short = rows.len() as i64 == limit;
+        pipeline.due = cut_short;
+        if let Some(horizon) = selection.horizon {
+            let returned_max = rows.last().map(|r| r.id);
+            let covered = if cut_short {
+                returned_max
+            } else {
+                returned_max.max(exclude.iter().copied().max())
+            };
+            let lowest_open = pipeline
+                .in_flight
+                .iter()
+                .map(|f| f.row.id)
+                .chain(rows.first().map(|r| r.id))
+                .min();
+            pipeline.floor.observe(horizon, covered, lowest_open);
+            tracing::trace!(
+                floor = pipeline.floor.value(),
+                ?horizon,
+                ?covered,
+                ?lowest_open,
+                rows = rows.len(),
+                "relay floor"
+            );
+        }
+        let (flights, refused) = self.publish_pipelined(channel, rows).await?;
+        pipeline.in_flight.extend(flights);
+        self.mark_failed(conn, pipeline, refused).await
+    }
+
+    /// Marks every confirmed row now.
+    async fn flush_marks(&self, conn: &mut PgConnection, pipeline: &mut Pipeline) -> Result<()> {
+        let done = std::mem::take(&mut pipeline.confirmed);
+        pipeline.note_retries(self, &done);
+        self.mark(conn, done).await
+    }
+
+    /// Holds back rows the broker did not take, and remembers when the first is due again.
+    async fn mark_failed(
+        &self,
+        conn: &mut PgConnection,
+        pipeline: &mut Pipeline,
+        failed: Vec<(OutboxRow, RowOutcome)>,
+    ) -> Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        pipeline.note_retries(self, &failed);
+        self.mark(conn, failed).await
     }
 
     /// Publishes `rows` without waiting for their confirms; rows whose exchange is missing come
@@ -531,7 +618,9 @@ impl OutboxRelay {
                 ..BatchReport::default()
             });
         }
-        let rows = select_due(&mut tx, self.config.batch_size, &[]).await?;
+        let rows = select_due(&mut tx, self.config.batch_size, 0, &[], &[])
+            .await?
+            .rows;
         let (published, mut done) = self.publish_pipelined(channel, rows).await?;
         for mut flight in published {
             let outcome = confirm_outcome(&mut flight.confirm, flight.started).await?;
@@ -670,39 +759,148 @@ struct InFlight {
     confirm: lapin::PublisherConfirm,
 }
 
+/// The leader's state between selects.
+#[derive(Default)]
+struct Pipeline {
+    /// Published rows awaiting their confirm, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Confirmed (or refused) rows not yet marked.
+    confirmed: Vec<(OutboxRow, RowOutcome)>,
+    floor: ScanFloor,
+    /// Something may be waiting: select at the next chance.
+    due: bool,
+    /// When the first held-back row may go out again.
+    retry_at: Option<Instant>,
+}
+
+impl Pipeline {
+    /// Moves the front confirm, and every later one already arrived, to `confirmed`.
+    fn take_confirmed(&mut self, front: RowOutcome) -> Result<()> {
+        if let Some(first) = self.in_flight.pop_front() {
+            self.confirmed.push((first.row, front));
+        }
+        while let Some(next) = self.in_flight.front_mut() {
+            let started = next.started;
+            let Some(outcome) = confirm_outcome(&mut next.confirm, started).now_or_never() else {
+                break;
+            };
+            let outcome = outcome?;
+            if let Some(next) = self.in_flight.pop_front() {
+                self.confirmed.push((next.row, outcome));
+            }
+        }
+        Ok(())
+    }
+
+    fn note_retries(&mut self, relay: &OutboxRelay, done: &[(OutboxRow, RowOutcome)]) {
+        for (row, outcome) in done {
+            if matches!(outcome, RowOutcome::Failed(_)) {
+                let at = Instant::now() + relay.failed_row_delay(row.attempts);
+                self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
+            }
+        }
+    }
+
+    fn retry_due(&mut self) {
+        self.retry_at = None;
+        self.due = true;
+    }
+
+    fn rescan(&mut self) {
+        self.floor.reset();
+        self.due = true;
+    }
+}
+
+/// How long confirmed rows wait for a top-up to carry their mark before being marked alone.
+const MARK_LINGER: Duration = Duration::from_millis(10);
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
      next_attempt_at = NULL, last_error = NULL WHERE id = ANY($1)";
 
 const MARK_FAILED: &str = "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
      next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1";
 
-/// Unpublished rows that are due, in id order, skipping `exclude` (rows in flight) and every
-/// row behind a held-back row of the same aggregate (per-aggregate order).
+/// What one select found.
+struct Selection {
+    rows: Vec<OutboxRow>,
+    /// The snapshot it read, when it returned any row.
+    horizon: Option<Horizon>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    #[sqlx(flatten)]
+    row: OutboxRow,
+    xmin: i64,
+    xmax: i64,
+    held_back_from: Option<i64>,
+}
+
+/// Marks `mark_published` published and, in the same statement, reads unpublished rows that
+/// are due, in id order: above `floor`, skipping `exclude` (rows in flight or being marked,
+/// which this statement's snapshot still sees unpublished) and every row behind a held-back
+/// row of the same aggregate (per-aggregate order).
 async fn select_due(
     conn: &mut PgConnection,
     limit: i64,
+    floor: i64,
     exclude: &[i64],
-) -> Result<Vec<OutboxRow>> {
-    Ok(sqlx::query_as(
-        "SELECT o.id, o.event_id, o.event_type, o.exchange, o.routing_key, o.correlation_id, \
-                o.occurred_at, o.payload, o.attempts \
-         FROM outbox o \
-         WHERE o.published_at IS NULL \
-           AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
-           AND o.id <> ALL($2) \
-           AND NOT EXISTS ( \
-               SELECT 1 FROM outbox h \
-               WHERE h.published_at IS NULL AND h.next_attempt_at IS NOT NULL \
-                 AND h.next_attempt_at > now() \
-                 AND h.aggregate_id = o.aggregate_id AND h.id < o.id) \
-         ORDER BY o.id \
-         LIMIT $1",
-    )
-    .bind(limit)
-    .bind(exclude)
-    .fetch_all(conn)
-    .await?)
+    mark_published: &[i64],
+) -> Result<Selection> {
+    let due: Vec<DueRow> = sqlx::query_as(SELECT_DUE)
+        .bind(limit)
+        .bind(floor)
+        .bind(exclude)
+        .bind(mark_published)
+        .fetch_all(conn)
+        .await?;
+    let horizon = due.first().map(|d| Horizon {
+        xmin: d.xmin,
+        xmax: d.xmax,
+        held_back_from: d.held_back_from,
+    });
+    Ok(Selection {
+        rows: due.into_iter().map(|d| d.row).collect(),
+        horizon,
+    })
 }
+
+/// See [`select_due`]. `NOT IN (SELECT unnest(...))` becomes a hashed lookup, where
+/// `<> ALL(...)` would compare every row with every excluded id.
+const SELECT_DUE: &str = "\
+    WITH marked AS ( \
+        UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
+               next_attempt_at = NULL, last_error = NULL \
+        WHERE id = ANY($4)), \
+    horizon AS ( \
+        SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, \
+               pg_snapshot_xmax(s)::text::bigint AS xmax, \
+               (SELECT min(b.id) FROM outbox b \
+                WHERE b.published_at IS NULL AND b.next_attempt_at IS NOT NULL) AS held_back_from \
+        FROM pg_current_snapshot() AS s) \
+    SELECT o.id, o.event_id, o.event_type, o.exchange, o.routing_key, o.correlation_id, \
+           o.occurred_at, o.payload, o.attempts, h.xmin, h.xmax, h.held_back_from \
+    FROM outbox o CROSS JOIN horizon h \
+    WHERE o.published_at IS NULL \
+      AND o.id > $2 \
+      AND o.id NOT IN (SELECT unnest($3::bigint[])) \
+      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
+      AND NOT EXISTS ( \
+          SELECT 1 FROM outbox b \
+          WHERE b.published_at IS NULL AND b.next_attempt_at IS NOT NULL \
+            AND b.next_attempt_at > now() \
+            AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
+    ORDER BY o.id \
+    LIMIT $1";
 
 /// Waits for one confirm and says what it means for the row.
 async fn confirm_outcome(

@@ -165,15 +165,29 @@ fn bodies(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn enqueue_rows(bench: &Bench, n: usize) -> Result<()> {
+/// Enqueues `n` events in one transaction and returns it uncommitted, so the caller decides
+/// when they become visible.
+async fn enqueue_rows(
+    bench: &Bench,
+    n: usize,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
     let mut tx = bench.db.pool.begin().await?;
     for i in 0..n {
         let env = event(products[i % products.len()], i as i64);
         warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env).await?;
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(tx)
+}
+
+/// Whether some session of this database holds an advisory lock (the relay leader's).
+async fn relay_leads(bench: &Bench) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database())",
+    )
+    .fetch_one(&bench.db.pool)
+    .await?)
 }
 
 async fn scenario_relay(n: usize) -> Result<serde_json::Value> {
@@ -186,13 +200,22 @@ async fn scenario_relay(n: usize) -> Result<serde_json::Value> {
     let _ = conn.close(200, "done".into()).await;
     bench.purge().await?;
 
-    // Warren: the relay as it runs in a worker (`run`: leader, pipelined), draining N
-    // committed rows; the clock stops when the last one is confirmed and marked.
-    enqueue_rows(&bench, n).await?;
+    // Warren: the relay as it runs in a worker (`run`: leader, pipelined), already connected
+    // and leading, as the baseline's channel was already open. N rows commit at once; the clock
+    // runs from that commit until the last row is confirmed and marked.
     let metrics = Metrics::new("bench");
     let stop = CancellationToken::new();
-    let started = Instant::now();
     let task = tokio::spawn(bench.relay(&metrics).run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(metrics.is_relay_connected() && relay_leads(&bench).await?) {
+        if Instant::now() > deadline || task.is_finished() {
+            bail!("relay did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rows = enqueue_rows(&bench, n).await?;
+    let started = Instant::now();
+    rows.commit().await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while published(&metrics) < n as u64 {
         if Instant::now() > deadline || task.is_finished() {
@@ -232,6 +255,20 @@ impl EventHandler for CountingHandler {
         _event: &Envelope,
     ) -> Result<(), HandlerError> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The latency scenario's effect: note when the handler ran, to split the latency into the
+/// way to the handler and the consumer's own transaction.
+#[derive(Clone, Default)]
+struct StampingHandler(Arc<Mutex<HashMap<Uuid, Instant>>>);
+
+impl EventHandler for StampingHandler {
+    async fn handle(&self, _conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(event.event_id, Instant::now());
+        }
         Ok(())
     }
 }
@@ -363,12 +400,14 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit.
     let metrics = Metrics::new("bench");
     let committed_at: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
-    let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let (observer_commits, observer_samples) = (committed_at.clone(), samples.clone());
+    let samples: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let handled = StampingHandler::default();
+    let (observer_commits, observer_samples, observer_handled) =
+        (committed_at.clone(), samples.clone(), handled.0.clone());
     let consumer = IdempotentConsumer::new(
         bench.db.pool.clone(),
         bench.consumer_config(),
-        CountingHandler::default(),
+        handled,
         metrics.clone(),
     )
     .with_commit_observer(Arc::new(move |env: &Envelope| {
@@ -377,8 +416,17 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&env.event_id));
-        if let (Some(start), Ok(mut s)) = (start, observer_samples.lock()) {
-            s.push((now - start).as_secs_f64() * 1000.0);
+        let at_handler = observer_handled
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&env.event_id));
+        if let (Some(start), Some(at_handler), Ok(mut s)) =
+            (start, at_handler, observer_samples.lock())
+        {
+            s.push((
+                (now - start).as_secs_f64() * 1000.0,
+                (at_handler - start).as_secs_f64() * 1000.0,
+            ));
         }
     }));
     let stop = CancellationToken::new();
@@ -426,15 +474,20 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     stop.cancel();
     consumer_task.await??;
     relay_task.await??;
-    let mut warren = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let taken = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut warren: Vec<f64> = taken.iter().map(|(total, _)| *total).collect();
+    let mut to_handler: Vec<f64> = taken.iter().map(|(_, part)| *part).collect();
     warren.sort_by(f64::total_cmp);
+    to_handler.sort_by(f64::total_cmp);
     Ok(
         json!({"scenario": "latency", "unit": "ms", "rate": rate, "seconds": seconds,
               "samples": warren.len(),
               "p50": round3(percentile(&warren, 0.50)), "p95": round3(percentile(&warren, 0.95)),
               "p99": round3(percentile(&warren, 0.99)),
               "baseline_p50": round3(percentile(&baseline, 0.50)),
-              "baseline_p99": round3(percentile(&baseline, 0.99))}),
+              "baseline_p99": round3(percentile(&baseline, 0.99)),
+              "to_handler_p50": round3(percentile(&to_handler, 0.50)),
+              "to_handler_p99": round3(percentile(&to_handler, 0.99))}),
     )
 }
 
