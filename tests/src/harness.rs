@@ -214,12 +214,20 @@ impl Harness {
         out
     }
 
-    /// Unpublished outbox rows.
+    /// Rows still in the outbox (not yet published).
     pub async fn unpublished(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.db.pool)
             .await
             .expect("count outbox")
+    }
+
+    /// Published rows kept for the retention.
+    pub async fn kept_published(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_published")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count outbox_published")
     }
 
     /// Stops every background task and checks none of them failed.

@@ -42,12 +42,16 @@ async fn outbox_feeds_consumer_end_to_end_in_aggregate_order() {
         );
     }
     assert_eq!(h.unpublished().await, 0);
-    let published: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT event_type, last_error FROM outbox LIMIT 1")
-            .fetch_all(h.pool())
+    let kept: (i64, Option<i32>) =
+        sqlx::query_as("SELECT count(*), max(attempts) FROM outbox_published")
+            .fetch_one(h.pool())
             .await
             .unwrap();
-    assert_eq!(published[0].0, "inventory.stock_replenished");
+    assert_eq!(
+        kept,
+        (300, Some(1)),
+        "published rows are kept for the retention"
+    );
     let text = h.metrics.encode();
     assert!(
         text.contains(
@@ -272,7 +276,7 @@ async fn a_relay_stopped_between_publish_and_mark_republishes_and_the_consumer_d
     .execute(h.pool())
     .await
     .unwrap();
-    sqlx::query("CREATE TRIGGER refuse_mark BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_mark()")
+    sqlx::query("CREATE TRIGGER refuse_mark BEFORE DELETE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_mark()")
         .execute(h.pool())
         .await
         .unwrap();
@@ -391,28 +395,44 @@ async fn broker_and_database_connections_killed_mid_stream_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn published_rows_are_removed_after_retention_and_backlog_is_measured() {
+async fn published_rows_are_kept_for_the_retention_then_removed_and_backlog_is_measured() {
     let h = Harness::start("retention").await;
     let product = Uuid::new_v4();
-    h.enqueue(product, 1).await;
+    let first = h.enqueue(product, 1).await;
     h.enqueue(product, 2).await;
     let mut config = h.relay_config();
-    config.retention = Duration::ZERO;
-    let relay = OutboxRelay::new(h.pool().clone(), config, h.metrics.clone());
+    config.retention = Duration::from_secs(3600);
+    let relay = OutboxRelay::new(h.pool().clone(), config.clone(), h.metrics.clone());
     relay.refresh_backlog_metrics().await.unwrap();
     assert!(h.metrics.encode().contains("test_outbox_backlog 2"));
     let mut channel = relay.connect().await.unwrap();
     assert_eq!(relay.relay_batch(&mut channel).await.unwrap().published, 2);
-    channel.close().await;
+    assert_eq!(h.kept_published().await, 2);
+
     h.enqueue(product, 3).await; // not published: must survive the cleanup
+    sqlx::query(
+        "UPDATE outbox_published SET published_at = now() - interval '2 hours' WHERE event_id = $1",
+    )
+    .bind(first)
+    .execute(h.pool())
+    .await
+    .unwrap();
     relay.housekeeping().await;
-    let left: Vec<(i64, bool)> =
-        sqlx::query_as("SELECT count(*), bool_and(published_at IS NULL) FROM outbox")
-            .fetch_all(h.pool())
-            .await
-            .unwrap();
-    assert_eq!(left, vec![(1, true)]);
+    assert_eq!(
+        h.kept_published().await,
+        1,
+        "only the row past retention is gone"
+    );
+    assert_eq!(h.unpublished().await, 1);
     assert!(h.metrics.encode().contains("test_outbox_backlog 1"));
+
+    // A zero retention keeps nothing.
+    config.retention = Duration::ZERO;
+    let relay = OutboxRelay::new(h.pool().clone(), config, h.metrics.clone());
+    assert_eq!(relay.relay_batch(&mut channel).await.unwrap().published, 1);
+    assert_eq!(h.unpublished().await, 0);
+    assert_eq!(h.kept_published().await, 1);
+    channel.close().await;
     h.stop().await;
 }
 
@@ -536,13 +556,12 @@ async fn unroutable_events_stay_in_the_outbox_and_are_reported() {
     tx.commit().await.unwrap();
     let report = relay.relay_batch(&mut channel).await.unwrap();
     assert_eq!((report.published, report.failed), (0, 1));
-    let (published, error): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
-        sqlx::query_as("SELECT published_at, last_error FROM outbox WHERE event_id = $1")
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM outbox WHERE event_id = $1")
             .bind(env.event_id)
             .fetch_one(h.pool())
             .await
             .unwrap();
-    assert!(published.is_none());
     assert!(error.unwrap_or_default().contains("NO_ROUTE"));
     // It waits with backoff instead of being hammered.
     let report = relay.relay_batch(&mut channel).await.unwrap();

@@ -1,11 +1,12 @@
 //! The transactional outbox: `enqueue` inside the caller's transaction, `OutboxRelay` to publish.
 //!
 //! A business change and its event commit together; the relay later publishes committed rows in
-//! id order, persistent, with publisher confirms and `mandatory`, and marks a row published only
-//! once the broker confirmed it. Relay replicas take turns through a transaction-scoped advisory
-//! lock, so several of them on one database lose nothing and keep per-aggregate order. Rows are
-//! selected by "not yet published", never by a high-water mark, so a row whose transaction
-//! commits after higher ids were published is still picked up.
+//! id order, persistent, with publisher confirms and `mandatory`, and takes a row out of
+//! `outbox` only once the broker confirmed it (into `outbox_published`, kept for the
+//! retention). One relay replica at a time leads, holding an advisory lock, so several of them
+//! on one database lose nothing and keep per-aggregate order. Rows are selected by "still in the
+//! outbox", never by a high-water mark, so a row whose transaction commits after higher ids were
+//! published is still picked up (see [`crate::scan_floor`] for how the leader avoids rescanning).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -73,7 +74,7 @@ pub struct RelayConfig {
     pub confirm_window: usize,
     /// Fallback poll when no NOTIFY arrives (lost notification, replica hand-over).
     pub poll_interval: Duration,
-    /// How long published rows are kept before removal.
+    /// How long published rows are kept in `outbox_published`; zero keeps none.
     pub retention: Duration,
     /// How often published rows past retention are removed and backlog metrics refreshed.
     pub housekeeping_interval: Duration,
@@ -464,7 +465,15 @@ impl OutboxRelay {
             .unwrap_or(i64::MAX)
             .min(self.config.batch_size)
             .max(1);
-        let selection = select_due(conn, limit, pipeline.floor.value(), &exclude, &marking).await?;
+        let selection = select_due(
+            conn,
+            limit,
+            pipeline.floor.value(),
+            &exclude,
+            &marking,
+            self.keeps_published(),
+        )
+        .await?;
         for (row, outcome) in &published {
             self.report(row, outcome);
         }
@@ -581,6 +590,7 @@ impl OutboxRelay {
         if !published.is_empty() {
             sqlx::query(MARK_PUBLISHED)
                 .bind(&published)
+                .bind(self.keeps_published())
                 .execute(&mut *conn)
                 .await?;
         }
@@ -618,7 +628,7 @@ impl OutboxRelay {
                 ..BatchReport::default()
             });
         }
-        let rows = select_due(&mut tx, self.config.batch_size, 0, &[], &[])
+        let rows = select_due(&mut tx, self.config.batch_size, 0, &[], &[], false)
             .await?
             .rows;
         let (published, mut done) = self.publish_pipelined(channel, rows).await?;
@@ -702,14 +712,19 @@ impl OutboxRelay {
         }
     }
 
+    /// Whether published rows are kept at all.
+    fn keeps_published(&self) -> bool {
+        !self.config.retention.is_zero()
+    }
+
     /// Removes published rows past retention and refreshes the backlog gauges.
     pub async fn housekeeping(&self) {
         let retention = self.config.retention.as_secs_f64();
         loop {
             let deleted = sqlx::query(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-                 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1) \
-                 LIMIT 5000)",
+                "DELETE FROM outbox_published WHERE ctid = ANY(ARRAY( \
+                 SELECT ctid FROM outbox_published \
+                 WHERE published_at < now() - make_interval(secs => $1) LIMIT 5000))",
             )
             .bind(retention)
             .execute(&self.pool)
@@ -732,7 +747,7 @@ impl OutboxRelay {
     pub async fn refresh_backlog_metrics(&self) -> Result<()> {
         let (count, age): (i64, Option<f64>) = sqlx::query_as(
             "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
-             FROM outbox WHERE published_at IS NULL",
+             FROM outbox",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -823,8 +838,14 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
-     next_attempt_at = NULL, last_error = NULL WHERE id = ANY($1)";
+/// Takes confirmed rows out of the outbox, keeping them in `outbox_published` when `$2`.
+const MARK_PUBLISHED: &str = "\
+    WITH marked AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *) \
+    INSERT INTO outbox_published (id, event_id, event_type, aggregate_id, exchange, routing_key, \
+        correlation_id, occurred_at, payload, created_at, published_at, attempts) \
+    SELECT id, event_id, event_type, aggregate_id, exchange, routing_key, correlation_id, \
+           occurred_at, payload, created_at, now(), attempts + 1 \
+    FROM marked WHERE $2";
 
 const MARK_FAILED: &str = "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
      next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1";
@@ -845,22 +866,24 @@ struct DueRow {
     held_back_from: Option<i64>,
 }
 
-/// Marks `mark_published` published and, in the same statement, reads unpublished rows that
-/// are due, in id order: above `floor`, skipping `exclude` (rows in flight or being marked,
-/// which this statement's snapshot still sees unpublished) and every row behind a held-back
-/// row of the same aggregate (per-aggregate order).
+/// Takes the `mark_published` rows out of the outbox (keeping them in `outbox_published` if
+/// `keep`) and, in the same statement, reads rows that are due, in id order: above `floor`,
+/// skipping `exclude` (rows in flight or being marked, which this statement's snapshot still
+/// sees) and every row behind a held-back row of the same aggregate (per-aggregate order).
 async fn select_due(
     conn: &mut PgConnection,
     limit: i64,
     floor: i64,
     exclude: &[i64],
     mark_published: &[i64],
+    keep: bool,
 ) -> Result<Selection> {
     let due: Vec<DueRow> = sqlx::query_as(SELECT_DUE)
         .bind(limit)
         .bind(floor)
         .bind(exclude)
         .bind(mark_published)
+        .bind(keep)
         .fetch_all(conn)
         .await?;
     let horizon = due.first().map(|d| Horizon {
@@ -877,27 +900,28 @@ async fn select_due(
 /// See [`select_due`]. `NOT IN (SELECT unnest(...))` becomes a hashed lookup, where
 /// `<> ALL(...)` would compare every row with every excluded id.
 const SELECT_DUE: &str = "\
-    WITH marked AS ( \
-        UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
-               next_attempt_at = NULL, last_error = NULL \
-        WHERE id = ANY($4)), \
+    WITH marked AS (DELETE FROM outbox WHERE id = ANY($4) RETURNING *), \
+    archived AS ( \
+        INSERT INTO outbox_published (id, event_id, event_type, aggregate_id, exchange, \
+            routing_key, correlation_id, occurred_at, payload, created_at, published_at, attempts) \
+        SELECT id, event_id, event_type, aggregate_id, exchange, routing_key, correlation_id, \
+               occurred_at, payload, created_at, now(), attempts + 1 \
+        FROM marked WHERE $5), \
     horizon AS ( \
         SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, \
                pg_snapshot_xmax(s)::text::bigint AS xmax, \
-               (SELECT min(b.id) FROM outbox b \
-                WHERE b.published_at IS NULL AND b.next_attempt_at IS NOT NULL) AS held_back_from \
+               (SELECT min(b.id) FROM outbox b WHERE b.next_attempt_at IS NOT NULL) \
+                   AS held_back_from \
         FROM pg_current_snapshot() AS s) \
     SELECT o.id, o.event_id, o.event_type, o.exchange, o.routing_key, o.correlation_id, \
            o.occurred_at, o.payload, o.attempts, h.xmin, h.xmax, h.held_back_from \
     FROM outbox o CROSS JOIN horizon h \
-    WHERE o.published_at IS NULL \
-      AND o.id > $2 \
+    WHERE o.id > $2 \
       AND o.id NOT IN (SELECT unnest($3::bigint[])) \
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) \
       AND NOT EXISTS ( \
           SELECT 1 FROM outbox b \
-          WHERE b.published_at IS NULL AND b.next_attempt_at IS NOT NULL \
-            AND b.next_attempt_at > now() \
+          WHERE b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now() \
             AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
     ORDER BY o.id \
     LIMIT $1";

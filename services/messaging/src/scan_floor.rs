@@ -1,8 +1,8 @@
 //! Where the leading relay's select starts: an id at or below which every outbox row is
 //! published.
 //!
-//! Published rows leave dead entries in the `outbox_unpublished` index until VACUUM, and a
-//! select that started at the beginning of that index would walk all of them, every time: at a
+//! Published rows leave dead entries in the outbox's primary key until VACUUM, and a select
+//! that started at the beginning of that index would walk all of them, every time: at a
 //! thousand events a second that was most of the database's work. Scanning from the floor walks
 //! only what was published since the floor last moved.
 //!
