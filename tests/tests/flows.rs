@@ -216,11 +216,12 @@ async fn reservation_confirmation_and_a_duplicate_event() {
     );
 
     // Case 4: the same order.completed delivered again is applied once.
-    let (payload, event_id): (String, Uuid) =
-        sqlx::query_as("SELECT payload, event_id FROM outbox WHERE event_type = 'order.completed'")
-            .fetch_one(&sys.orders_db.pool)
-            .await
-            .unwrap();
+    let (payload, event_id): (String, Uuid) = sqlx::query_as(
+        "SELECT payload, event_id FROM outbox_published WHERE event_type = 'order.completed'",
+    )
+    .fetch_one(&sys.orders_db.pool)
+    .await
+    .unwrap();
     sys.vhost
         .publish(
             ORDERS_EXCHANGE,

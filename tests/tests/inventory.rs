@@ -109,14 +109,17 @@ impl Bench {
         body["status"].as_str().unwrap().to_owned()
     }
 
-    /// Every event of `event_type` in the outbox, in commit order.
+    /// Every event of `event_type` enqueued, published or not, in commit order.
     async fn outbox(&self, event_type: &str) -> Vec<Envelope> {
-        let payloads: Vec<String> =
-            sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY id")
-                .bind(event_type)
-                .fetch_all(&self.db.pool)
-                .await
-                .unwrap();
+        let payloads: Vec<String> = sqlx::query_scalar(
+            "SELECT payload FROM (SELECT id, event_type, payload FROM outbox \
+                 UNION ALL SELECT id, event_type, payload FROM outbox_published) AS o \
+                 WHERE event_type = $1 ORDER BY id",
+        )
+        .bind(event_type)
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap();
         payloads
             .iter()
             .map(|p| Envelope::from_json(p.as_bytes()).expect("outbox rows decode"))

@@ -64,7 +64,8 @@ pub struct ConsumerConfig {
     pub dead_letter_queue: String,
     /// Unacknowledged deliveries the broker may push at once.
     pub prefetch: u16,
-    /// Parallel lanes; events of one aggregate always use the same lane.
+    /// Parallel lanes; events of one aggregate always use the same lane. Each lane holds a
+    /// database connection of its own, outside the pool.
     pub lanes: usize,
     /// Most events handled in one transaction.
     pub max_batch: usize,

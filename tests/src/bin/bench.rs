@@ -489,8 +489,7 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
 
     // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit.
     let metrics = Metrics::new("bench");
-    // Per event: when COMMIT was sent, and when it returned (the outbox commit).
-    let committed_at: Arc<Mutex<HashMap<Uuid, (Instant, Option<Instant>)>>> = Arc::default();
+    let committed_at: Arc<Mutex<HashMap<Uuid, CommitStamp>>> = Arc::default();
     let producer_commits: Arc<Mutex<Vec<f64>>> = Arc::default();
     let samples: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
     let handled = StampingHandler::default();
@@ -604,6 +603,9 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
               "cpu_ms_per_message": {"baseline": baseline_cpu, "warren": warren_cpu}}),
     )
 }
+
+/// When a producer sent an event's COMMIT, and when it returned (the outbox commit).
+type CommitStamp = (Instant, Option<Instant>);
 
 /// A bounded multi-consumer queue built from a tokio mpsc behind a mutex.
 fn async_channel<T: Send + 'static>(
