@@ -439,8 +439,12 @@ impl OutboxRelay {
         }
     }
 
-    /// Marks the waiting confirmed rows, selects due rows in the same statement and publishes
-    /// them.
+    /// Selects due rows and publishes them; marks the waiting confirmed rows in the same
+    /// statement when they are few, or right after publishing when they are many.
+    ///
+    /// Under load several hundred rows wait to be marked, which takes the database a few
+    /// milliseconds: done before the select, the broker would run dry meanwhile; done after
+    /// the publish, it overlaps with the broker working through the new rows.
     async fn top_up(
         &self,
         conn: &mut PgConnection,
@@ -465,17 +469,20 @@ impl OutboxRelay {
             .unwrap_or(i64::MAX)
             .min(self.config.batch_size)
             .max(1);
+        let piggyback = marking.len() <= MARK_WITH_SELECT_MAX;
         let selection = select_due(
             conn,
             limit,
             pipeline.floor.value(),
             &exclude,
-            &marking,
+            if piggyback { &marking } else { &[] },
             self.keeps_published(),
         )
         .await?;
-        for (row, outcome) in &published {
-            self.report(row, outcome);
+        if piggyback {
+            for (row, outcome) in &published {
+                self.report(row, outcome);
+            }
         }
         let rows = selection.rows;
         let cut_short = rows.len() as i64 == limit;
@@ -505,6 +512,10 @@ impl OutboxRelay {
         }
         let (flights, refused) = self.publish_pipelined(channel, rows).await?;
         pipeline.in_flight.extend(flights);
+        if !piggyback {
+            // Before the next select, which no longer excludes them.
+            self.mark(conn, published).await?;
+        }
         self.mark_failed(conn, pipeline, refused).await
     }
 
@@ -826,6 +837,9 @@ impl Pipeline {
         self.due = true;
     }
 }
+
+/// Most confirmed rows marked in the select's own statement (see `top_up`).
+const MARK_WITH_SELECT_MAX: usize = 64;
 
 /// How long confirmed rows wait for a top-up to carry their mark before being marked alone.
 const MARK_LINGER: Duration = Duration::from_millis(10);

@@ -197,12 +197,25 @@ struct CpuTime {
     broker: f64,
     database: f64,
     bench: f64,
+    /// Seconds all cores spent idle (from /proc/stat).
+    idle: f64,
 }
 
 impl CpuTime {
     fn now() -> CpuTime {
         let ticks = 100.0; // USER_HZ on Linux
         let mut cpu = CpuTime::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
+            && let Some(total) = stat.lines().next()
+        {
+            // "cpu user nice system idle iowait ...": the fourth number is idle time.
+            cpu.idle = total
+                .split_whitespace()
+                .nth(4)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / ticks;
+        }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return cpu;
         };
@@ -247,7 +260,8 @@ impl CpuTime {
         let per = |now: f64, then: f64| round3((now - then) * 1000.0 / messages.max(1) as f64);
         json!({"broker": per(self.broker, earlier.broker),
                "database": per(self.database, earlier.database),
-               "bench": per(self.bench, earlier.bench)})
+               "bench": per(self.bench, earlier.bench),
+               "idle": per(self.idle, earlier.idle)})
     }
 }
 
