@@ -225,16 +225,30 @@ impl OutboxRelay {
             wake.clone(),
             shutdown.clone(),
         ));
+        let housekeeper = tokio::spawn(self.clone().keep_house(shutdown.clone()));
         let result = self.run_sessions(&wake, &shutdown).await;
         shutdown.cancel();
         let _ = listener.await;
+        let _ = housekeeper.await;
         result
+    }
+
+    /// Every `housekeeping_interval` until `shutdown`: removes published rows past retention
+    /// and refreshes the backlog gauges. A task of its own on the pool, on every replica, so a
+    /// long cleanup never holds up publishing.
+    async fn keep_house(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(self.config.housekeeping_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => self.housekeeping().await,
+            }
+        }
     }
 
     async fn run_sessions(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<()> {
         let mut backoff = Backoff::default();
-        let mut housekeeping = tokio::time::interval(self.config.housekeeping_interval);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'session: while !shutdown.is_cancelled() {
             let mut channel = match self.connect().await {
                 Ok(c) => c,
@@ -264,10 +278,7 @@ impl OutboxRelay {
                     tracing::warn!(service = %self.config.service, "outbox relay lost its broker connection, reconnecting");
                     continue 'session;
                 }
-                match self
-                    .lead(&mut channel, wake, shutdown, &mut housekeeping)
-                    .await
-                {
+                match self.lead(&mut channel, wake, shutdown).await {
                     Ok(Leadership::Ended) => backoff.reset(),
                     Ok(Leadership::HeldElsewhere) => {
                         // Another replica publishes. Stand by and try again at the poll
@@ -276,7 +287,6 @@ impl OutboxRelay {
                         tokio::select! {
                             _ = shutdown.cancelled() => {}
                             _ = tokio::time::sleep(self.config.poll_interval) => {}
-                            _ = housekeeping.tick() => self.housekeeping().await,
                         }
                     }
                     Err(err) => {
@@ -315,7 +325,6 @@ impl OutboxRelay {
         channel: &mut RelayChannel,
         wake: &Notify,
         shutdown: &CancellationToken,
-        housekeeping: &mut tokio::time::Interval,
     ) -> Result<Leadership> {
         let mut pooled = self.pool.acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -348,14 +357,7 @@ impl OutboxRelay {
             ..Pipeline::default()
         };
         let result = self
-            .lead_locked(
-                &mut conn,
-                channel,
-                &mut pipeline,
-                wake,
-                shutdown,
-                housekeeping,
-            )
+            .lead_locked(&mut conn, channel, &mut pipeline, wake, shutdown)
             .await;
         // Whatever was confirmed is marked, so a clean stop republishes nothing.
         if result.is_ok() {
@@ -377,7 +379,6 @@ impl OutboxRelay {
         pipeline: &mut Pipeline,
         wake: &Notify,
         shutdown: &CancellationToken,
-        housekeeping: &mut tokio::time::Interval,
     ) -> Result<()> {
         let window = self.config.confirm_window.max(1);
         let poll = self.config.poll_interval;
@@ -413,8 +414,7 @@ impl OutboxRelay {
                     _ = wake.notified() => pipeline.due = true,
                     _ = until(pipeline.retry_at) => pipeline.retry_due(),
                     _ = rescan.tick() => pipeline.rescan(),
-                    _ = housekeeping.tick() => self.housekeeping().await,
-                    // Never wait on a confirm alone: a connection killed under it may leave the
+                        // Never wait on a confirm alone: a connection killed under it may leave the
                     // confirm pending, and the loop must come round to notice and reconnect.
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.cancelled() => {}
@@ -433,7 +433,6 @@ impl OutboxRelay {
                 _ = until(linger) => self.flush_marks(conn, pipeline).await?,
                 _ = until(pipeline.retry_at) => pipeline.retry_due(),
                 _ = rescan.tick() => pipeline.rescan(),
-                _ = housekeeping.tick() => self.housekeeping().await,
                 _ = tokio::time::sleep(poll) => pipeline.due = true,
             }
         }
