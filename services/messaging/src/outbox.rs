@@ -851,14 +851,29 @@ async fn until(at: Option<Instant>) {
     }
 }
 
+/// Takes the rows whose ids are in `$ids` out of the outbox and, when `$keep`, keeps them in
+/// `outbox_published`: one statement, whose first part is a CTE named `marked`.
+macro_rules! take_out_published {
+    ($ids:literal, $keep:literal) => {
+        concat!(
+            "WITH marked AS (DELETE FROM outbox WHERE id = ANY(",
+            $ids,
+            ") RETURNING *), \
+             archived AS ( \
+                 INSERT INTO outbox_published (id, event_id, event_type, aggregate_id, exchange, \
+                     routing_key, correlation_id, occurred_at, payload, created_at, \
+                     published_at, attempts) \
+                 SELECT id, event_id, event_type, aggregate_id, exchange, routing_key, \
+                        correlation_id, occurred_at, payload, created_at, now(), attempts + 1 \
+                 FROM marked WHERE ",
+            $keep,
+            ") "
+        )
+    };
+}
+
 /// Takes confirmed rows out of the outbox, keeping them in `outbox_published` when `$2`.
-const MARK_PUBLISHED: &str = "\
-    WITH marked AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *) \
-    INSERT INTO outbox_published (id, event_id, event_type, aggregate_id, exchange, routing_key, \
-        correlation_id, occurred_at, payload, created_at, published_at, attempts) \
-    SELECT id, event_id, event_type, aggregate_id, exchange, routing_key, correlation_id, \
-           occurred_at, payload, created_at, now(), attempts + 1 \
-    FROM marked WHERE $2";
+const MARK_PUBLISHED: &str = concat!(take_out_published!("$1", "$2"), "SELECT 1");
 
 const MARK_FAILED: &str = "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
      next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1";
@@ -912,15 +927,10 @@ async fn select_due(
 
 /// See [`select_due`]. `NOT IN (SELECT unnest(...))` becomes a hashed lookup, where
 /// `<> ALL(...)` would compare every row with every excluded id.
-const SELECT_DUE: &str = "\
-    WITH marked AS (DELETE FROM outbox WHERE id = ANY($4) RETURNING *), \
-    archived AS ( \
-        INSERT INTO outbox_published (id, event_id, event_type, aggregate_id, exchange, \
-            routing_key, correlation_id, occurred_at, payload, created_at, published_at, attempts) \
-        SELECT id, event_id, event_type, aggregate_id, exchange, routing_key, correlation_id, \
-               occurred_at, payload, created_at, now(), attempts + 1 \
-        FROM marked WHERE $5), \
-    horizon AS ( \
+const SELECT_DUE: &str = concat!(
+    take_out_published!("$4", "$5"),
+    "\
+    , horizon AS ( \
         SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, \
                pg_snapshot_xmax(s)::text::bigint AS xmax, \
                (SELECT min(b.id) FROM outbox b WHERE b.next_attempt_at IS NOT NULL) \
@@ -937,7 +947,8 @@ const SELECT_DUE: &str = "\
           WHERE b.next_attempt_at IS NOT NULL AND b.next_attempt_at > now() \
             AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
     ORDER BY o.id \
-    LIMIT $1";
+    LIMIT $1"
+);
 
 /// Waits for one confirm and says what it means for the row.
 async fn confirm_outcome(
