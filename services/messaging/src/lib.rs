@@ -4,6 +4,7 @@
 //! - [`outbox`]: `enqueue` in the caller's transaction, and the `OutboxRelay` that publishes.
 //! - [`consumer`]: the `IdempotentConsumer` that records each event id with its effect.
 //! - [`retry`]: what happens after a failure (retry tiers, dead-lettering).
+//! - [`process`]: logging and the stop signal for the worker binaries.
 //! - [`broker`], [`schema`], [`metrics`], [`config`], [`topology`]: the plumbing.
 
 pub mod broker;
@@ -12,6 +13,7 @@ pub mod consumer;
 pub mod events;
 pub mod metrics;
 pub mod outbox;
+pub mod process;
 pub mod retry;
 mod scan_floor;
 pub mod schema;

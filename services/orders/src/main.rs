@@ -3,43 +3,8 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
+use warren_messaging::process::{init_logging, shutdown_signal};
 use warren_orders::{Config, start};
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let text = std::env::var("WARREN_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
-    if text {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    }
-}
-
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -59,7 +24,7 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(http_addr = %service.http_addr(), "orders worker running; SIGTERM or Ctrl-C stops it");
-    terminated().await;
+    shutdown_signal().await;
     tracing::info!("stopping orders worker");
     match service.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
