@@ -424,8 +424,13 @@ impl OutboxRelay {
             if pipeline.due {
                 continue;
             }
-            // Idle. Confirmed rows wait a moment for the next top-up to carry their mark, so
-            // a steady trickle costs one statement per wake-up, not two.
+            // Idle. A few confirmed rows wait a moment for the next top-up to carry their
+            // mark, so a steady trickle costs one statement per wake-up, not two; more than a
+            // select would carry are marked at once (the end of a burst).
+            if pipeline.confirmed.len() > MARK_WITH_SELECT_MAX {
+                self.flush_marks(conn, pipeline).await?;
+                continue;
+            }
             let linger = (!pipeline.confirmed.is_empty()).then(|| Instant::now() + MARK_LINGER);
             tokio::select! {
                 _ = shutdown.cancelled() => {}

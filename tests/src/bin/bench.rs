@@ -104,14 +104,14 @@ fn persistent() -> BasicProperties {
         .with_content_type("application/json".into())
 }
 
-/// Publishes `bodies` with at most `window` unconfirmed; returns when all are confirmed.
+/// Publishes `messages` with at most `window` unconfirmed; returns when all are confirmed.
 ///
 /// Chunks of half the window are started together and one chunk's confirms are awaited while
 /// the next is on the wire: the fastest way we know to drive lapin, and the way the relay does.
-async fn raw_publish(ch: &Channel, bodies: &[Vec<u8>], window: usize) -> Result<()> {
+async fn raw_publish(ch: &Channel, messages: &[Message], window: usize) -> Result<()> {
     let mut in_flight: std::collections::VecDeque<Vec<lapin::PublisherConfirm>> =
         std::collections::VecDeque::new();
-    for chunk in bodies.chunks((window / 2).max(1)) {
+    for chunk in messages.chunks((window / 2).max(1)) {
         if in_flight.len() >= 2
             && let Some(oldest) = in_flight.pop_front()
         {
@@ -119,7 +119,7 @@ async fn raw_publish(ch: &Channel, bodies: &[Vec<u8>], window: usize) -> Result<
                 confirm.await?;
             }
         }
-        let publishes = chunk.iter().map(|body| {
+        let publishes = chunk.iter().map(|message| {
             ch.basic_publish(
                 INVENTORY_EXCHANGE.into(),
                 ROUTING_KEY.into(),
@@ -127,8 +127,8 @@ async fn raw_publish(ch: &Channel, bodies: &[Vec<u8>], window: usize) -> Result<
                     mandatory: true,
                     ..Default::default()
                 },
-                body,
-                persistent().with_message_id(Uuid::new_v4().to_string().into()),
+                &message.body,
+                message.properties.clone(),
             )
         });
         in_flight.push_back(futures::future::try_join_all(publishes).await?);
@@ -158,10 +158,28 @@ async fn raw_consumer(conn: &lapin::Connection, tag: &str) -> Result<(Channel, l
     Ok((channel, consumer))
 }
 
-fn bodies(n: usize) -> Vec<Vec<u8>> {
+/// One message as the relay puts it on the wire: the event's JSON and the properties the
+/// relay sets, so the raw baseline publishes messages of the same size.
+struct Message {
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+fn messages(n: usize) -> Vec<Message> {
     let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
     (0..n)
-        .map(|i| event(products[i % products.len()], i as i64).to_json())
+        .map(|i| {
+            let env = event(products[i % products.len()], i as i64);
+            Message {
+                body: env.to_json(),
+                properties: persistent()
+                    .with_message_id(env.event_id.to_string().into())
+                    .with_correlation_id(env.metadata.correlation_id.as_str().into())
+                    .with_type(env.event_type().into())
+                    .with_app_id("bench".into())
+                    .with_timestamp(env.timestamp.timestamp().max(0) as u64),
+            }
+        })
         .collect()
 }
 
@@ -266,7 +284,7 @@ impl CpuTime {
 }
 
 /// Rounds of each side; the medians are reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn median(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(f64::total_cmp);
@@ -276,7 +294,7 @@ fn median(mut runs: Vec<f64>) -> f64 {
 async fn scenario_relay(n: usize) -> Result<serde_json::Value> {
     let bench = Bench::new("relay").await;
     let (conn, ch) = bench.channel(true).await?;
-    let payloads = bodies(n);
+    let payloads = messages(n);
 
     // Warren: the relay as it runs in a worker (`run`: leader, pipelined), already connected
     // and leading, as the baseline's channel is already open. Each round, N rows commit at
@@ -377,7 +395,7 @@ impl EventHandler for StampingHandler {
 
 async fn scenario_consume(n: usize) -> Result<serde_json::Value> {
     let bench = Bench::new("consume").await;
-    let payloads = bodies(n);
+    let payloads = messages(n);
     let (conn, ch) = bench.channel(true).await?;
     raw_publish(&ch, &payloads, CONFIRM_WINDOW).await?;
 
@@ -477,7 +495,7 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     });
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let body = event(Uuid::new_v4(), 0).to_json();
+    let message = &messages(1)[0];
     for i in 0..total {
         ticker.tick().await;
         let id = format!("m{i}");
@@ -489,9 +507,12 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
             .basic_publish(
                 INVENTORY_EXCHANGE.into(),
                 ROUTING_KEY.into(),
-                BasicPublishOptions::default(),
-                &body,
-                persistent().with_message_id(id.into()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message.body,
+                message.properties.clone().with_message_id(id.into()),
             )
             .await?;
         tokio::spawn(confirm);
