@@ -417,7 +417,7 @@ impl OutboxRelay {
                     _ = wake.notified() => pipeline.due = true,
                     _ = until(pipeline.retry_at) => pipeline.retry_due(),
                     _ = rescan.tick() => pipeline.rescan(),
-                        // Never wait on a confirm alone: a connection killed under it may leave the
+                    // Never wait on a confirm alone: a connection killed under it may leave the
                     // confirm pending, and the loop must come round to notice and reconnect.
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.cancelled() => {}
@@ -464,7 +464,7 @@ impl OutboxRelay {
             .into_iter()
             .partition(|(_, outcome)| matches!(outcome, RowOutcome::Published(_)));
         // Held back first, on their own: the select must see them as held back.
-        self.mark_failed(conn, pipeline, failed).await?;
+        self.mark_noting_retries(conn, pipeline, failed).await?;
         let marking: Vec<i64> = published.iter().map(|(row, _)| row.id).collect();
         let exclude: Vec<i64> = pipeline
             .in_flight
@@ -523,28 +523,28 @@ impl OutboxRelay {
             // Before the next select, which no longer excludes them.
             self.mark(conn, published).await?;
         }
-        self.mark_failed(conn, pipeline, refused).await
+        self.mark_noting_retries(conn, pipeline, refused).await
     }
 
     /// Marks every confirmed row now.
     async fn flush_marks(&self, conn: &mut PgConnection, pipeline: &mut Pipeline) -> Result<()> {
         let done = std::mem::take(&mut pipeline.confirmed);
-        pipeline.note_retries(self, &done);
-        self.mark(conn, done).await
+        self.mark_noting_retries(conn, pipeline, done).await
     }
 
-    /// Holds back rows the broker did not take, and remembers when the first is due again.
-    async fn mark_failed(
+    /// Marks `done` (rows the broker did not take are held back) and remembers when the first
+    /// held-back row is due again.
+    async fn mark_noting_retries(
         &self,
         conn: &mut PgConnection,
         pipeline: &mut Pipeline,
-        failed: Vec<(OutboxRow, RowOutcome)>,
+        done: Vec<(OutboxRow, RowOutcome)>,
     ) -> Result<()> {
-        if failed.is_empty() {
+        if done.is_empty() {
             return Ok(());
         }
-        pipeline.note_retries(self, &failed);
-        self.mark(conn, failed).await
+        pipeline.note_retries(self, &done);
+        self.mark(conn, done).await
     }
 
     /// Publishes `rows` without waiting for their confirms; rows whose exchange is missing come
