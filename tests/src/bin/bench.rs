@@ -469,15 +469,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> {
-    let bench = Bench::new("latency").await;
-    let total = (rate * seconds) as usize;
+/// Raw publish → delivery latencies (ms, sorted) of `total` messages published with confirms
+/// at `rate` and consumed with manual acks under consumer tag `tag`.
+async fn raw_latency(bench: &Bench, rate: u64, total: usize, tag: &str) -> Result<Vec<f64>> {
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-
-    // Baseline: publish with confirms at `rate`, consume with manual ack; publish → delivery.
     let (conn, ch) = bench.channel(true).await?;
-    let baseline_started = CpuTime::now();
-    let (_consume_ch, mut consumer) = raw_consumer(&conn, "bench-latency").await?;
+    let (_consume_ch, mut consumer) = raw_consumer(&conn, tag).await?;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let receiver_sent = sent_at.clone();
     let receiver = tokio::spawn(async move {
@@ -529,10 +526,88 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
             .await?;
         tokio::spawn(confirm);
     }
-    let mut baseline = tokio::time::timeout(Duration::from_secs(60), receiver).await??;
-    let baseline_cpu = CpuTime::now().per_message_since(baseline_started, total);
+    let mut samples = tokio::time::timeout(Duration::from_secs(60), receiver).await??;
     let _ = conn.close(200, "done".into()).await;
-    baseline.sort_by(f64::total_cmp);
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// Durable commits offered at `rate` per second until `stop`: each a transaction of its own
+/// that records an event id, as the idempotent consumer does, on a few connections so one slow
+/// commit does not hold back the rest. Returns how many committed.
+async fn durable_commit_load(
+    pool: sqlx::PgPool,
+    rate: u64,
+    stop: CancellationToken,
+) -> Result<u64> {
+    let committed = Arc::new(AtomicU64::new(0));
+    let (tx_jobs, rx_jobs) = async_channel(1024);
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let rx = rx_jobs.clone();
+        let pool = pool.clone();
+        let committed = committed.clone();
+        workers.push(tokio::spawn(async move {
+            while let Ok(id) = rx.recv().await {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO processed_events (consumer, event_id, event_type) \
+                     VALUES ('floor', $1, $2)",
+                )
+                .bind(id)
+                .bind(ROUTING_KEY)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                committed.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {
+                // A full queue means the database cannot keep up: skip rather than pile up.
+                let _ = tx_jobs.try_send(Uuid::new_v4());
+            }
+        }
+    }
+    drop(tx_jobs);
+    for w in workers {
+        w.await??;
+    }
+    Ok(committed.load(Ordering::Relaxed))
+}
+
+async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> {
+    let bench = Bench::new("latency").await;
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+
+    // Baseline: publish with confirms at `rate`, consume with manual ack; publish → delivery.
+    let baseline_started = CpuTime::now();
+    let baseline = raw_latency(&bench, rate, total, "bench-latency").await?;
+    let baseline_cpu = CpuTime::now().per_message_since(baseline_started, total);
+    // The floor: the same, while the database makes the two durable commits per event that any
+    // outbox and idempotent consumer need (the producer's and the consumer's). Warren cannot be
+    // faster than this on the same machine.
+    let load_stop = CancellationToken::new();
+    let load = tokio::spawn(durable_commit_load(
+        bench.db.pool.clone(),
+        rate * 2,
+        load_stop.clone(),
+    ));
+    let floor_started = Instant::now();
+    let floor = raw_latency(&bench, rate, total, "bench-latency-floor").await;
+    load_stop.cancel();
+    let floor_commits = load.await?? as f64 / floor_started.elapsed().as_secs_f64();
+    let floor = floor?;
+    sqlx::query("DELETE FROM processed_events")
+        .execute(&bench.db.pool)
+        .await?;
 
     // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit.
     let metrics = Metrics::new("bench");
@@ -643,6 +718,9 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
               "p99": round3(percentile(&warren, 0.99)),
               "baseline_p50": round3(percentile(&baseline, 0.50)),
               "baseline_p99": round3(percentile(&baseline, 0.99)),
+              "floor_p50": round3(percentile(&floor, 0.50)),
+              "floor_p99": round3(percentile(&floor, 0.99)),
+              "floor_commits_per_s": round(floor_commits),
               "to_handler_p50": round3(percentile(&to_handler, 0.50)),
               "to_handler_p99": round3(percentile(&to_handler, 0.99)),
               "producer_commit_p50": round3(percentile(&producer_commit, 0.50)),
