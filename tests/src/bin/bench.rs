@@ -592,8 +592,8 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     let baseline = raw_latency(&bench, rate, total, "bench-latency").await?;
     let baseline_cpu = CpuTime::now().per_message_since(baseline_started, total);
     // The floor: the same, while the database makes the two durable commits per event that any
-    // outbox and idempotent consumer need (the producer's and the consumer's). Warren cannot be
-    // faster than this on the same machine.
+    // outbox and idempotent consumer need (the producer's and the consumer's). Warren does all
+    // of this and more, so beyond run-to-run noise it cannot do better on the same machine.
     let load_stop = CancellationToken::new();
     let load = tokio::spawn(durable_commit_load(
         bench.db.pool.clone(),
