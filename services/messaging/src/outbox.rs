@@ -683,14 +683,13 @@ impl OutboxRelay {
         channel: &'a RelayChannel,
         row: &'a OutboxRow,
     ) -> impl std::future::Future<Output = lapin::Result<lapin::PublisherConfirm>> + 'a {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(row.event_id.to_string().into())
-            .with_correlation_id(row.correlation_id.as_str().into())
-            .with_type(row.event_type.as_str().into())
-            .with_app_id(self.config.service.as_str().into())
-            .with_timestamp(row.occurred_at.timestamp().max(0) as u64);
+        let props = message_properties(
+            row.event_id,
+            &row.correlation_id,
+            &row.event_type,
+            &self.config.service,
+            row.occurred_at,
+        );
         channel.channel.basic_publish(
             row.exchange.as_str().into(),
             row.routing_key.as_str().into(),
@@ -957,6 +956,26 @@ const SELECT_DUE: &str = concat!(
     ORDER BY o.id \
     LIMIT $1"
 );
+
+/// The properties the relay publishes an event with: persistent JSON, message id = event id,
+/// correlation id, type, the publishing service as app id, and when the event occurred.
+/// Public so a benchmark's raw baseline can send exactly what the relay sends.
+pub fn message_properties(
+    event_id: Uuid,
+    correlation_id: &str,
+    event_type: &str,
+    service: &str,
+    occurred_at: DateTime<Utc>,
+) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event_id.to_string().into())
+        .with_correlation_id(correlation_id.into())
+        .with_type(event_type.into())
+        .with_app_id(service.into())
+        .with_timestamp(occurred_at.timestamp().max(0) as u64)
+}
 
 /// Waits for one confirm and says what it means for the row.
 async fn confirm_outcome(

@@ -98,12 +98,6 @@ fn event(product: Uuid, seq: i64) -> Envelope {
     )
 }
 
-fn persistent() -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-}
-
 /// Publishes `messages` with at most `window` unconfirmed; returns when all are confirmed.
 ///
 /// Chunks of half the window are started together and one chunk's confirms are awaited while
@@ -172,12 +166,13 @@ fn messages(n: usize) -> Vec<Message> {
             let env = event(products[i % products.len()], i as i64);
             Message {
                 body: env.to_json(),
-                properties: persistent()
-                    .with_message_id(env.event_id.to_string().into())
-                    .with_correlation_id(env.metadata.correlation_id.as_str().into())
-                    .with_type(env.event_type().into())
-                    .with_app_id("bench".into())
-                    .with_timestamp(env.timestamp.timestamp().max(0) as u64),
+                properties: warren_messaging::outbox::message_properties(
+                    env.event_id,
+                    &env.metadata.correlation_id,
+                    env.event_type(),
+                    "bench",
+                    env.timestamp,
+                ),
             }
         })
         .collect()
