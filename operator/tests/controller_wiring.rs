@@ -36,6 +36,26 @@ struct Cluster {
     statuses: Vec<(String, String, Value)>,
     /// Watches waiting for an event, by collection path.
     watches: BTreeMap<String, Vec<SendResponse<Response<Body>>>>,
+    /// Every object added by the test, with the resourceVersion it was given, by collection
+    /// path: a watch that starts after an add is still told of it, as the API server would.
+    added: BTreeMap<String, Vec<(u64, Value)>>,
+    /// The newest resourceVersion handed out (lists answer with it).
+    version: u64,
+}
+
+/// The resourceVersion of the first list, above those of the objects the tests start with.
+const FIRST_VERSION: u64 = 10;
+
+/// A watch response carrying one ADDED event per object.
+fn added_events(objects: &[Value]) -> Response<Body> {
+    let events: String = objects
+        .iter()
+        .map(|object| format!("{}\n", json!({"type": "ADDED", "object": object})))
+        .collect();
+    Response::builder()
+        .status(200)
+        .body(Body::from(events.into_bytes()))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An object to add, announced to the watches of its collection.
@@ -58,8 +78,8 @@ fn split(path: &str) -> (String, Option<String>, Option<&str>) {
     }
 }
 
-fn list(items: &[Value]) -> Value {
-    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "10"}, "items": items})
+fn list(items: &[Value], version: u64) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version.to_string()}, "items": items})
 }
 
 fn not_found() -> Value {
@@ -74,16 +94,15 @@ async fn fake_api_server(
     loop {
         tokio::select! {
             add = adds.recv() => {
-                let Some(Add { collection, object }) = add else { continue };
+                let Some(Add { collection, mut object }) = add else { continue };
                 let mut state = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                state.version = state.version.max(FIRST_VERSION) + 1;
+                let version = state.version;
+                object["metadata"]["resourceVersion"] = json!(version.to_string());
                 state.objects.entry(collection.clone()).or_default().push(object.clone());
-                let event = format!("{}\n", json!({"type": "ADDED", "object": object}));
+                state.added.entry(collection.clone()).or_default().push((version, object.clone()));
                 for send in state.watches.remove(&collection).unwrap_or_default() {
-                    let response = Response::builder()
-                        .status(200)
-                        .body(Body::from(event.clone().into_bytes()))
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    send.send_response(response);
+                    send.send_response(added_events(std::slice::from_ref(&object)));
                 }
             }
             next = handle.next_request() => {
@@ -101,11 +120,14 @@ async fn answer(
 ) {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let watching = request
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .contains("watch=true");
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let watching = query.contains("watch=true");
+    // Where a watch starts: it is told of every add after that resourceVersion.
+    let watch_from = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("resourceVersion="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let bytes = request
         .into_body()
         .collect_bytes()
@@ -124,12 +146,25 @@ async fn answer(
     };
     match (method, name, subresource) {
         (Method::GET, None, None) if watching => {
-            // Parked until the test adds an object to this collection.
-            state.watches.entry(collection).or_default().push(send);
+            let missed: Vec<Value> = state
+                .added
+                .get(&collection)
+                .into_iter()
+                .flatten()
+                .filter(|(version, _)| *version > watch_from)
+                .map(|(_, object)| object.clone())
+                .collect();
+            if missed.is_empty() {
+                // Parked until the test adds an object to this collection.
+                state.watches.entry(collection).or_default().push(send);
+            } else {
+                send.send_response(added_events(&missed));
+            }
         }
         (Method::GET, None, None) => {
             let items = state.objects.get(&collection).cloned().unwrap_or_default();
-            reply(send, 200, &list(&items));
+            let version = state.version.max(FIRST_VERSION);
+            reply(send, 200, &list(&items, version));
         }
         (Method::GET, Some(name), None) => match find(&state, &name) {
             Some(object) => reply(send, 200, &object),
@@ -420,7 +455,8 @@ async fn warren_operator_checks_crds_takes_the_lease_reconciles_and_releases_it(
         leader_elect: true,
         lease_name: "warren-operator".to_owned(),
         lease_namespace: NS.to_owned(),
-        lease_seconds: 3,
+        // Long enough that a slow renewal on a loaded machine does not lose the lease mid-test.
+        lease_seconds: 15,
         resync_seconds: 60,
         cleanup_grace_seconds: 600,
         concurrency: 2,
@@ -437,7 +473,7 @@ async fn warren_operator_checks_crds_takes_the_lease_reconciles_and_releases_it(
             .is_some_and(|h| !h.is_empty()),
         "{lease}"
     );
-    assert_eq!(lease["spec"]["leaseDurationSeconds"], 3);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
 
     let cluster = running.cluster.clone();
     assert!(

@@ -176,7 +176,9 @@ impl Bench {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             inventory_url: format!("http://{inventory}"),
             redrive_interval: Duration::from_millis(200),
-            inventory_timeout: Duration::from_secs(2),
+            // Far above any answer time, so a slow machine never turns one request into a
+            // timed-out one plus a retry (tests count the requests).
+            inventory_timeout: Duration::from_secs(30),
             inventory_attempts: 3,
             redrive_backoff_max: Duration::from_secs(1),
             database_max_connections: 5,
@@ -689,12 +691,13 @@ async fn a_5xx_is_retried_with_the_same_idempotency_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_down_then_up_the_driver_still_reserves_across_a_restart() {
     let bench = Bench::new("ord-down").await;
-    // A port with nobody listening: connection refused.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    // A port bound but not listening: connection refused, and no other test can take the port
+    // before this one listens on it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr");
     let svc = bench.start(port).await;
     let p = Uuid::new_v4();
     let id = bench.create(&svc, &[p]).await;
@@ -710,8 +713,7 @@ async fn inventory_down_then_up_the_driver_still_reserves_across_a_restart() {
     // Inventory comes up on that port; a new orders process picks the order up from the
     // database.
     let fake = FakeInventory::default();
-    let listener = TcpListener::bind(port).await.expect("rebind the port");
-    fake.serve(listener);
+    fake.serve(socket.listen(128).expect("listen on the port"));
     let svc = bench.start(port).await;
     bench.wait_accepted(&svc, id).await;
     assert_eq!(fake.requests()[0]["orderId"], id.to_string());

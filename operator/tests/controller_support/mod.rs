@@ -23,8 +23,9 @@ use warren_operator::Result;
 use warren_operator::controller::{BrokerConnector, Context, FINALIZER, Metrics, Settings};
 use warren_operator::rabbitmq::{BrokerConnection, FakeBroker, ManagementApi};
 
-/// Longest wait for one expected API call or for a reconcile to return.
-pub const STEP: Duration = Duration::from_secs(10);
+/// Longest wait for one expected API call or for a reconcile to return. Generous, because some
+/// reconciles talk to the real RabbitMQ on a loaded CI machine; it only ever runs out on failure.
+pub const STEP: Duration = Duration::from_secs(30);
 /// Namespace of every test object.
 pub const NS: &str = "testns";
 /// Collection URI of Queues in [`NS`].
