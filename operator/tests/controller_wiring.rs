@@ -28,7 +28,6 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const WARREN: &str = "/apis/warren.dev/v1alpha1/namespaces/testns/";
 
 /// What the fake API server holds and has seen.
-#[derive(Default)]
 struct Cluster {
     /// Objects by collection path (e.g. `/apis/.../namespaces/testns/queues`).
     objects: BTreeMap<String, Vec<Value>>,
@@ -45,6 +44,18 @@ struct Cluster {
 
 /// The resourceVersion of the first list, above those of the objects the tests start with.
 const FIRST_VERSION: u64 = 10;
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            objects: BTreeMap::new(),
+            statuses: Vec::new(),
+            watches: BTreeMap::new(),
+            added: BTreeMap::new(),
+            version: FIRST_VERSION,
+        }
+    }
+}
 
 /// A watch response carrying one ADDED event per object.
 fn added_events(objects: &[Value]) -> Response<Body> {
@@ -96,7 +107,7 @@ async fn fake_api_server(
             add = adds.recv() => {
                 let Some(Add { collection, mut object }) = add else { continue };
                 let mut state = cluster.lock().unwrap_or_else(|p| p.into_inner());
-                state.version = state.version.max(FIRST_VERSION) + 1;
+                state.version += 1;
                 let version = state.version;
                 object["metadata"]["resourceVersion"] = json!(version.to_string());
                 state.objects.entry(collection.clone()).or_default().push(object.clone());
@@ -163,8 +174,7 @@ async fn answer(
         }
         (Method::GET, None, None) => {
             let items = state.objects.get(&collection).cloned().unwrap_or_default();
-            let version = state.version.max(FIRST_VERSION);
-            reply(send, 200, &list(&items, version));
+            reply(send, 200, &list(&items, state.version));
         }
         (Method::GET, Some(name), None) => match find(&state, &name) {
             Some(object) => reply(send, 200, &object),

@@ -139,11 +139,12 @@ impl Harness {
 
     /// A relay over this harness's outbox.
     pub fn relay(&self) -> OutboxRelay {
-        OutboxRelay::new(
-            self.db.pool.clone(),
-            self.relay_config(),
-            self.metrics.clone(),
-        )
+        self.relay_with(self.relay_config())
+    }
+
+    /// A relay over this harness's outbox with `config`.
+    pub fn relay_with(&self, config: RelayConfig) -> OutboxRelay {
+        OutboxRelay::new(self.db.pool.clone(), config, self.metrics.clone())
     }
 
     /// Starts a relay in the background; returns its stop token.
@@ -153,7 +154,7 @@ impl Harness {
 
     /// Starts a relay with `config` in the background; returns its stop token.
     pub fn spawn_relay_with(&mut self, config: RelayConfig) -> CancellationToken {
-        let relay = OutboxRelay::new(self.db.pool.clone(), config, self.metrics.clone());
+        let relay = self.relay_with(config);
         let stop = CancellationToken::new();
         let handle = tokio::spawn(relay.run(stop.clone()));
         self.tasks.push((stop.clone(), handle));

@@ -403,7 +403,7 @@ async fn published_rows_are_kept_for_the_retention_then_removed_and_backlog_is_m
     h.enqueue(product, 2).await;
     let mut config = h.relay_config();
     config.retention = Duration::from_secs(3600);
-    let relay = OutboxRelay::new(h.pool().clone(), config.clone(), h.metrics.clone());
+    let relay = h.relay_with(config.clone());
     relay.refresh_backlog_metrics().await.unwrap();
     assert!(h.metrics.encode().contains("test_outbox_backlog 2"));
     let mut channel = relay.connect().await.unwrap();
@@ -429,7 +429,7 @@ async fn published_rows_are_kept_for_the_retention_then_removed_and_backlog_is_m
 
     // A zero retention keeps nothing.
     config.retention = Duration::ZERO;
-    let relay = OutboxRelay::new(h.pool().clone(), config, h.metrics.clone());
+    let relay = h.relay_with(config);
     assert_eq!(relay.relay_batch(&mut channel).await.unwrap().published, 1);
     assert_eq!(h.unpublished().await, 0);
     assert_eq!(h.kept_published().await, 1);
@@ -542,7 +542,7 @@ async fn unroutable_events_stay_in_the_outbox_and_are_reported() {
     // again however slow the machine is.
     let mut config = h.relay_config();
     config.failed_row_backoff = Duration::from_secs(300);
-    let relay = OutboxRelay::new(h.pool().clone(), config, h.metrics.clone());
+    let relay = h.relay_with(config);
     let mut channel = relay.connect().await.expect("relay connects");
     // Nothing is bound for order.* on the inventory exchange.
     let env = Envelope::new(

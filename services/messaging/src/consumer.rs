@@ -444,17 +444,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         env: &Envelope,
     ) -> std::result::Result<Handled, sqlx::Error> {
         let mut tx = conn.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.config.queue)
-        .bind(env.event_id)
-        .bind(env.event_type())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        if !record_processed(&mut tx, &self.config.queue, env.event_id, env.event_type()).await? {
             tx.rollback().await?;
             return Ok(Handled::Duplicate);
         }
@@ -618,6 +608,27 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         }
         headers
     }
+}
+
+/// Records in the caller's transaction that `consumer` has applied `event_id`; false when it
+/// already had (a duplicate, to be skipped). The effect must commit in the same transaction.
+pub async fn record_processed(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_id: Uuid,
+    event_type: &str,
+) -> std::result::Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .bind(event_type)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 fn event_span(env: &Envelope) -> tracing::Span {

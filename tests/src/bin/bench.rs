@@ -22,6 +22,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use warren_messaging::consumer::record_processed;
 use warren_messaging::events::{Quantity, StockReplenished};
 use warren_messaging::topology::{INVENTORY_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE};
 use warren_messaging::{
@@ -545,14 +546,7 @@ async fn durable_commit_load(
         workers.push(tokio::spawn(async move {
             while let Ok(id) = rx.recv().await {
                 let mut tx = pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO processed_events (consumer, event_id, event_type) \
-                     VALUES ('floor', $1, $2)",
-                )
-                .bind(id)
-                .bind(ROUTING_KEY)
-                .execute(&mut *tx)
-                .await?;
+                record_processed(&mut tx, "floor", id, ROUTING_KEY).await?;
                 tx.commit().await?;
                 committed.fetch_add(1, Ordering::Relaxed);
             }
