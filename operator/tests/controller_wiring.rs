@@ -470,6 +470,7 @@ async fn warren_operator_checks_crds_takes_the_lease_reconciles_and_releases_it(
         resync_seconds: 60,
         cleanup_grace_seconds: 600,
         concurrency: 2,
+        identity: Some("warren-test".to_owned()),
     };
     let running = Running::start(vec![("brokers", broker()), ("queues", queue())], Some(args));
     running.wait_for("queues", "orders", "Created").await;

@@ -4,7 +4,10 @@
 //! guard drops, so tests run in parallel, in any order, and twice in a row against the one
 //! broker and the one database server of the machine.
 
+pub mod chart;
+pub mod envtest;
 pub mod harness;
+pub mod operator;
 pub mod support;
 
 pub use support::{

@@ -136,6 +136,17 @@ impl Management {
             .await;
     }
 
+    /// Deletes a queue (and its messages); a missing one is fine.
+    pub async fn delete_queue(&self, vhost: &str, name: &str) {
+        let _ = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("queues/{}/{}", enc(vhost), enc(name)),
+                None,
+            )
+            .await;
+    }
+
     /// Declares an exchange.
     pub async fn declare_exchange(&self, vhost: &str, name: &str, kind: &str) {
         self.ok(

@@ -57,6 +57,9 @@ pub struct OperatorArgs {
     /// Reconciles run at once per controller.
     #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// This replica's name in the Lease and in Events (the chart passes the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 /// Runs the operator until SIGTERM (Ok) or a fatal error (missing CRDs, lost leadership).
@@ -106,7 +109,11 @@ pub async fn serve(
     // A standby replica is ready too: it serves metrics and takes over when the leader goes.
     probes.set_ready(true);
 
-    let identity = identity();
+    let identity = args
+        .identity
+        .clone()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(identity);
     let settings = Settings {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
@@ -158,9 +165,9 @@ fn init_logging() {
         .try_init();
 }
 
-/// Pod name from the downward API, else the host name: unique per replica, shown in Events.
+/// The host name when no identity was given: unique per replica, shown in Events.
 fn identity() -> String {
-    ["POD_NAME", "HOSTNAME"]
+    ["HOSTNAME"]
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| format!("warren-{}", std::process::id()))

@@ -20,6 +20,8 @@ use super::{Arguments, BindingStatus, BrokerRef};
     namespaced,
     status = "BindingStatus",
     category = "warren",
+    shortname = "wbinding",
+    shortname = "wb",
     derive = "PartialEq",
     doc = "A RabbitMQ binding managed by Warren",
     printcolumn(

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "BrokerStatus",
     category = "warren",
+    shortname = "wbroker",
+    shortname = "wbr",
     derive = "PartialEq",
     doc = "A RabbitMQ that Warren declares topology on",
     printcolumn(

@@ -21,6 +21,8 @@ use super::{Arguments, BrokerRef, DeletionPolicy, TopologyStatus};
     namespaced,
     status = "TopologyStatus",
     category = "warren",
+    shortname = "wexchange",
+    shortname = "wx",
     derive = "PartialEq",
     doc = "A RabbitMQ exchange managed by Warren",
     printcolumn(

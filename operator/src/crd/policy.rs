@@ -21,6 +21,8 @@ use super::{Arguments, BrokerRef, TopologyStatus};
     namespaced,
     status = "TopologyStatus",
     category = "warren",
+    shortname = "wpolicy",
+    shortname = "wpol",
     derive = "PartialEq",
     doc = "A RabbitMQ policy managed by Warren",
     printcolumn(

@@ -36,6 +36,8 @@ const ARGUMENTS_IMMUTABLE: &str = "RabbitMQ cannot change queue arguments in pla
     namespaced,
     status = "QueueStatus",
     category = "warren",
+    shortname = "wqueue",
+    shortname = "wq",
     derive = "PartialEq",
     doc = "A RabbitMQ queue managed by Warren",
     printcolumn(
