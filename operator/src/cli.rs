@@ -136,14 +136,17 @@ impl fmt::Display for Step {
                     Action::Update { .. } => '~',
                     Action::Delete(_) => '-',
                     Action::Conflict { .. } => '!',
-                    Action::Unchanged(_) | Action::Retain(_) => '=',
+                    Action::Unchanged(_) | Action::Retain(_) | Action::Absent(_) => '=',
                 };
                 write!(f, "{sign} {broker}: {action}")
             }
             (StepResult::Failed(error), action) => write!(f, "{broker}: FAILED {action}: {error}"),
             (StepResult::Outcome(Outcome::Conflict(reason)), action) => {
                 let object = match action {
-                    Action::Create(o) | Action::Unchanged(o) | Action::Retain(o) => o.to_string(),
+                    Action::Create(o)
+                    | Action::Unchanged(o)
+                    | Action::Retain(o)
+                    | Action::Absent(o) => o.to_string(),
                     Action::Update { desired, .. } | Action::Conflict { desired, .. } => {
                         desired.to_string()
                     }
@@ -167,6 +170,9 @@ impl fmt::Display for Step {
                 write!(f, "{broker}: retained {o} (deletionPolicy: retain)")
             }
             (StepResult::Outcome(_), Action::Unchanged(o)) => write!(f, "{broker}: unchanged {o}"),
+            (StepResult::Outcome(_), Action::Absent(o)) => {
+                write!(f, "{broker}: absent {o} (already not in RabbitMQ)")
+            }
             (StepResult::Outcome(_), Action::Conflict { desired, reason }) => {
                 write!(f, "{broker}: CONFLICT {desired}: {reason}")
             }
@@ -210,9 +216,12 @@ impl Report {
 
     /// For `diff`: nothing to create, update or delete, and no conflict.
     pub fn is_converged(&self) -> bool {
-        self.steps
-            .iter()
-            .all(|s| matches!(s.action, Action::Unchanged(_) | Action::Retain(_)))
+        self.steps.iter().all(|s| {
+            matches!(
+                s.action,
+                Action::Unchanged(_) | Action::Retain(_) | Action::Absent(_)
+            )
+        })
     }
 
     /// For `apply`/`delete`: every step reached its goal.
@@ -225,12 +234,13 @@ impl Report {
         let count =
             |wanted: fn(&Action) -> bool| self.steps.iter().filter(|s| wanted(&s.action)).count();
         format!(
-            "{} create, {} update, {} delete, {} unchanged, {} retained, {} conflict, {} failed",
+            "{} create, {} update, {} delete, {} unchanged, {} retained, {} absent, {} conflict, {} failed",
             count(|a| matches!(a, Action::Create(_))),
             count(|a| matches!(a, Action::Update { .. })),
             count(|a| matches!(a, Action::Delete(_))),
             count(|a| matches!(a, Action::Unchanged(_))),
             count(|a| matches!(a, Action::Retain(_))),
+            count(|a| matches!(a, Action::Absent(_))),
             self.conflicts(),
             self.failures(),
         )

@@ -91,9 +91,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Adding or removing Warren's finalizer failed, or the apply/cleanup behind it did.
-    #[error("finalizer")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The Broker a resource names does not exist in its namespace.
     #[error("Broker {namespace}/{name} not found")]
     BrokerNotFound {
@@ -154,7 +151,6 @@ impl Error {
             Error::Topology(_) => "invalid_topology",
             Error::VhostMissing { .. } => "vhost_missing",
             Error::Kube { .. } => "kubernetes",
-            Error::Finalizer(_) => "finalizer",
             Error::BrokerNotFound { .. } => "broker_not_found",
             Error::InvalidSpec { .. } => "invalid_spec",
             Error::CrdMissing { .. } => "crd_missing",

@@ -108,6 +108,8 @@ pub enum Action {
     Delete(Existing),
     /// Its resource was deleted but `deletionPolicy: retain` keeps it in RabbitMQ.
     Retain(Object),
+    /// Its resource was deleted and RabbitMQ does not have it (any more): nothing to do.
+    Absent(Object),
     /// RabbitMQ has the object with other fixed properties; Warren will not destroy it.
     Conflict {
         /// The object as the spec wants it.
@@ -136,7 +138,9 @@ impl Action {
             Object::Policy(_) => 3,
         };
         match self {
-            Action::Unchanged(o) | Action::Create(o) | Action::Retain(o) => declared(o),
+            Action::Unchanged(o) | Action::Create(o) | Action::Retain(o) | Action::Absent(o) => {
+                declared(o)
+            }
             Action::Update { desired, .. } | Action::Conflict { desired, .. } => declared(desired),
             Action::Delete(existing) => match existing {
                 Existing::Binding(_) => 4,
@@ -158,6 +162,7 @@ impl fmt::Display for Action {
             } => write!(f, "update {desired}: {}", changes.join("; ")),
             Action::Delete(e) => write!(f, "delete {e}"),
             Action::Retain(o) => write!(f, "retain {o} (deletionPolicy: retain)"),
+            Action::Absent(o) => write!(f, "absent {o} (not in RabbitMQ)"),
             Action::Conflict { desired, reason } => write!(f, "conflict {desired}: {reason}"),
         }
     }
@@ -546,41 +551,114 @@ pub fn bindings_left_beside(
         .collect()
 }
 
-/// Plans the removal of objects whose resources were deleted (the controller's cleanup and
-/// `warren delete`): present objects are deleted unless retained; absent ones are done already.
+/// What deleting resources does in RabbitMQ: the one decision `warren delete` and the operator's
+/// cleanup share.
+///
+/// Each entry is an object a deleted resource stands for: the spec's, and for the operator also
+/// the one the resource recorded declaring (a Binding whose arguments changed, a Queue whose spec
+/// was edited after Warren created it). An exchange or queue is deleted only when RabbitMQ's
+/// object has the fixed properties of one of the entries for it; otherwise it is somebody else's
+/// (declared by hand, or by another tool) and the step is a Conflict that leaves it in place.
+/// `deletionPolicy: retain` keeps it; an object RabbitMQ does not have is Absent.
 pub fn plan_removal(removed: &[(Object, DeletionPolicy)], observed: &Observed) -> Plan {
-    let actions = removed
-        .iter()
-        .map(|(object, policy)| {
-            if *policy == DeletionPolicy::Retain {
-                return Action::Retain(object.clone());
+    let mut actions: Vec<Action> = Vec::new();
+    let mut deleted: Vec<Existing> = Vec::new();
+    for (object, policy) in removed {
+        if *policy == DeletionPolicy::Retain {
+            actions.push(Action::Retain(object.clone()));
+            continue;
+        }
+        let Some(existing) = find_existing(object, observed) else {
+            let planned = actions.iter().any(|a| match a {
+                Action::Absent(other) => same_object(other, object),
+                Action::Delete(existing) => same_object(&existing.object(), object),
+                _ => false,
+            });
+            if !planned {
+                actions.push(Action::Absent(object.clone()));
             }
-            let existing = match object {
-                Object::Exchange(e) => observed
-                    .exchanges
-                    .iter()
-                    .find(|have| have.vhost == e.vhost && have.name == e.name)
-                    .map(|have| Existing::Exchange(have.clone())),
-                Object::Queue(q) => observed
-                    .queues
-                    .iter()
-                    .find(|have| have.definition.vhost == q.vhost && have.definition.name == q.name)
-                    .map(|have| Existing::Queue(have.clone())),
-                Object::Binding(b) => observed
-                    .bindings
-                    .iter()
-                    .find(|have| have.definition == *b)
-                    .map(|have| Existing::Binding(have.clone())),
-                Object::Policy(p) => observed
-                    .policies
-                    .iter()
-                    .find(|have| have.vhost == p.vhost && have.name == p.name)
-                    .map(|have| Existing::Policy(have.clone())),
-            };
-            existing.map_or_else(|| Action::Unchanged(object.clone()), Action::Delete)
-        })
-        .collect();
+            continue;
+        };
+        if deleted.contains(&existing) {
+            continue;
+        }
+        let ours = removed
+            .iter()
+            .filter(|(other, _)| same_object(other, object))
+            .any(|(other, _)| fixed_differences(other, &existing).is_empty());
+        if ours {
+            // A Conflict or Absent planned for another entry of the same object gives way.
+            actions.retain(|a| match a {
+                Action::Conflict { desired, .. } | Action::Absent(desired) => {
+                    !same_object(desired, object)
+                }
+                _ => true,
+            });
+            deleted.push(existing.clone());
+            actions.push(Action::Delete(existing));
+        } else if !actions
+            .iter()
+            .any(|a| matches!(a, Action::Conflict { desired, .. } if same_object(desired, object)))
+        {
+            actions.push(Action::Conflict {
+                desired: object.clone(),
+                reason: format!(
+                    "not deleted: RabbitMQ's object is not the one these resources declare ({}); delete it by hand if it is no longer needed",
+                    fixed_differences(object, &existing).join("; ")
+                ),
+            });
+        }
+    }
     Plan { actions }.sorted()
+}
+
+/// RabbitMQ's object for `object`: by vhost and name, a binding by its whole definition.
+fn find_existing(object: &Object, observed: &Observed) -> Option<Existing> {
+    match object {
+        Object::Exchange(e) => observed
+            .exchanges
+            .iter()
+            .find(|have| have.vhost == e.vhost && have.name == e.name)
+            .map(|have| Existing::Exchange(have.clone())),
+        Object::Queue(q) => observed
+            .queues
+            .iter()
+            .find(|have| have.definition.vhost == q.vhost && have.definition.name == q.name)
+            .map(|have| Existing::Queue(have.clone())),
+        Object::Binding(b) => observed
+            .bindings
+            .iter()
+            .find(|have| have.definition == *b)
+            .map(|have| Existing::Binding(have.clone())),
+        Object::Policy(p) => observed
+            .policies
+            .iter()
+            .find(|have| have.vhost == p.vhost && have.name == p.name)
+            .map(|have| Existing::Policy(have.clone())),
+    }
+}
+
+/// Whether two objects are the same RabbitMQ object (same kind, vhost and name; a binding by its
+/// whole definition).
+pub fn same_object(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Exchange(a), Object::Exchange(b)) => a.vhost == b.vhost && a.name == b.name,
+        (Object::Queue(a), Object::Queue(b)) => a.vhost == b.vhost && a.name == b.name,
+        (Object::Policy(a), Object::Policy(b)) => a.vhost == b.vhost && a.name == b.name,
+        (Object::Binding(a), Object::Binding(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// How RabbitMQ's object differs from `object` in what cannot change in place (empty: it is the
+/// object `object` describes). Policies change in place and bindings are found by their whole
+/// definition, so neither ever differs.
+fn fixed_differences(object: &Object, existing: &Existing) -> Vec<String> {
+    match (object, existing) {
+        (Object::Exchange(want), Existing::Exchange(have)) => exchange_changes(have, want),
+        (Object::Queue(want), Existing::Queue(have)) => queue_changes(&have.definition, want),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -867,11 +945,50 @@ mod tests {
             ],
             &observed,
         );
-        assert_eq!(removal.actions[0], Action::Unchanged(gone));
+        assert_eq!(removal.actions[0], Action::Absent(gone));
         assert_eq!(removal.actions[1], Action::Retain(kept));
         assert!(
             matches!(&removal.actions[2], Action::Delete(Existing::Exchange(e)) if e.name == "doomed")
         );
+    }
+
+    #[test]
+    fn removal_leaves_a_conflicting_object_unless_it_is_the_recorded_one() {
+        let spec = Object::Queue(queue("orders", json!({"x-message-ttl": 5000})));
+        let created = Object::Queue(queue("orders", json!({"x-message-ttl": 1000})));
+        let by_hand = Observed {
+            queues: vec![state(queue("orders", json!({"x-max-length": 7})))],
+            ..Observed::default()
+        };
+        // `warren delete` knows only the files: a queue that differs is not its to destroy.
+        let removal = plan_removal(&[(spec.clone(), DeletionPolicy::Delete)], &by_hand);
+        assert!(
+            matches!(&removal.actions[..], [Action::Conflict { reason, .. }] if reason.contains("x-max-length") && reason.contains("not deleted")),
+            "{:?}",
+            removal.actions
+        );
+        // The operator also knows what the resource created: that queue is its own even after
+        // the spec was edited (the same conflict for both entries, reported once).
+        let ours = Observed {
+            queues: vec![state(queue("orders", json!({"x-message-ttl": 1000})))],
+            ..Observed::default()
+        };
+        let both = [
+            (spec.clone(), DeletionPolicy::Delete),
+            (created.clone(), DeletionPolicy::Delete),
+        ];
+        let removal = plan_removal(&both, &ours);
+        assert!(
+            matches!(&removal.actions[..], [Action::Delete(Existing::Queue(q))] if q.definition.name == "orders"),
+            "{:?}",
+            removal.actions
+        );
+        let removal = plan_removal(&both, &by_hand);
+        assert_eq!(removal.actions.len(), 1, "{:?}", removal.actions);
+        assert!(matches!(removal.actions[0], Action::Conflict { .. }));
+        // Gone already: one Absent, not two.
+        let removal = plan_removal(&both, &Observed::default());
+        assert_eq!(removal.actions, vec![Action::Absent(spec)]);
     }
 
     fn headers_binding(arguments: Value) -> BindingDef {

@@ -54,7 +54,7 @@ impl fmt::Display for Outcome {
 /// object between read-back and declaration) is a Conflict with RabbitMQ's own text, not an error.
 pub async fn execute(api: &dyn ManagementApi, action: &Action) -> Result<Outcome> {
     let declared = match action {
-        Action::Unchanged(_) => return Ok(Outcome::Unchanged),
+        Action::Unchanged(_) | Action::Absent(_) => return Ok(Outcome::Unchanged),
         Action::Retain(_) => return Ok(Outcome::Retained),
         Action::Conflict { reason, .. } => return Ok(Outcome::Conflict(reason.clone())),
         Action::Create(object)

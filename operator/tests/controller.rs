@@ -94,7 +94,7 @@ async fn expect_finalizer_removed(api: &mut ApiServer) {
 }
 
 #[tokio::test]
-async fn first_reconcile_only_adds_the_finalizer() {
+async fn first_reconcile_adds_the_finalizer_by_server_side_apply_then_declares() {
     let Harness {
         ctx,
         mut api,
@@ -103,21 +103,30 @@ async fn first_reconcile_only_adds_the_finalizer() {
     } = harness();
     let task = tokio::spawn(reconcile(queue(false, false, json!({})), ctx));
 
+    // Its own field manager, no resourceVersion and no `test` on the list: a cache a moment
+    // behind cannot make it fail, and other controllers' finalizers stay.
     let (patch, send) = api
-        .expect(Method::PATCH, &format!("{QUEUES}/orders?"))
+        .expect(
+            Method::PATCH,
+            &format!("{QUEUES}/orders?&force=true&fieldManager=warren-operator-finalizer"),
+        )
         .await;
     assert_eq!(
         patch,
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
-        ])
+        json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Queue",
+            "metadata": {"name": "orders", "finalizers": [FINALIZER]}
+        })
     );
     reply(send, 200, &queue_json(true, false, json!({})));
+    api.broker_and_secret(&broker(), &secret()).await;
+    let status = expect_status(&mut api).await;
+    assert_eq!(ready(&status)["reason"], "Created");
+    assert_eq!(api.event().await["reason"], "Created");
 
-    assert_eq!(finish(task).await.ok(), Some(Action::await_change()));
+    assert!(finish(task).await.is_ok());
     api.assert_idle();
-    assert!(rabbitmq.writes().is_empty(), "{:?}", rabbitmq.writes());
+    assert_eq!(rabbitmq.writes(), ["PUT queue / orders.inventory_events"]);
 }
 
 #[tokio::test]
@@ -355,7 +364,7 @@ async fn cleanup_of_a_queue_already_gone_counts_as_deleted() {
 }
 
 #[tokio::test]
-async fn cleanup_without_its_broker_still_removes_the_finalizer() {
+async fn cleanup_of_a_resource_that_never_reached_rabbitmq_needs_no_broker() {
     let Harness {
         ctx,
         mut api,
@@ -367,7 +376,8 @@ async fn cleanup_without_its_broker_still_removes_the_finalizer() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     rabbitmq.clear_writes();
-    // An invalid spec too: cleanup must not validate it.
+    // An invalid spec too, and no status: cleanup must not validate it, and Warren never
+    // declared anything for it.
     let spec = json!({"type": "classic", "deliveryLimit": 3});
     let task = tokio::spawn(reconcile(queue(true, true, spec), ctx));
 
@@ -381,17 +391,87 @@ async fn cleanup_without_its_broker_still_removes_the_finalizer() {
     let event = api.event().await;
     assert_eq!(
         (event["type"].as_str(), event["reason"].as_str()),
-        (Some("Warning"), Some("BrokerNotFound"))
+        (Some("Normal"), Some("Deleted"))
     );
     assert!(
         event["note"]
             .as_str()
             .unwrap_or_default()
-            .contains("finalizer removed without deleting"),
+            .contains("nothing to delete: Warren never declared"),
         "{event}"
     );
     expect_finalizer_removed(&mut api).await;
 
+    assert!(finish(task).await.is_ok());
+    api.assert_idle();
+    assert!(rabbitmq.writes().is_empty());
+}
+
+/// A queue that Warren declared (its status says so), being deleted since `since`.
+fn declared_queue_being_deleted(since: jiff::Timestamp) -> Arc<Queue> {
+    let mut json = queue_json(true, true, json!({}));
+    json["metadata"]["deletionTimestamp"] = json!(since.to_string());
+    json["status"] = json!({
+        "observedGeneration": 2,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "InSync", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}]
+    });
+    typed(&json)
+}
+
+#[tokio::test]
+async fn cleanup_without_its_credentials_waits_out_the_grace_period_then_warns() {
+    // As after an operator restart during a namespace deletion: the Secret went first.
+    let Harness {
+        ctx,
+        mut api,
+        rabbitmq,
+        ..
+    } = harness();
+    let task = tokio::spawn(reconcile(
+        declared_queue_being_deleted(jiff::Timestamp::now()),
+        ctx.clone(),
+    ));
+    api.answer(Method::GET, BROKER_URI, 200, &broker()).await;
+    api.answer(
+        Method::GET,
+        SECRET_URI,
+        404,
+        &not_found("secrets", "rabbitmq-credentials"),
+    )
+    .await;
+    let event = api.event().await;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("CleanupFailed"))
+    );
+    assert!(
+        matches!(finish(task).await, Err(Error::Config(_))),
+        "retried, finalizer kept"
+    );
+    api.assert_idle();
+
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600);
+    let task = tokio::spawn(reconcile(declared_queue_being_deleted(long_ago), ctx));
+    api.answer(Method::GET, BROKER_URI, 200, &broker()).await;
+    api.answer(
+        Method::GET,
+        SECRET_URI,
+        404,
+        &not_found("secrets", "rabbitmq-credentials"),
+    )
+    .await;
+    let event = api.event().await;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("CleanupAbandoned"))
+    );
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("orders.inventory_events") && note.contains("delete it by hand"),
+        "the Event names what may be left: {note}"
+    );
+    expect_finalizer_removed(&mut api).await;
     assert!(finish(task).await.is_ok());
     api.assert_idle();
     assert!(rabbitmq.writes().is_empty());
@@ -581,13 +661,7 @@ async fn a_deleted_broker_waits_for_the_resources_that_still_name_it() {
     );
     let error = finish(task).await.err();
     let in_use = match &error {
-        Some(Error::Finalizer(inner)) => match inner.as_ref() {
-            kube::runtime::finalizer::Error::CleanupFailed(Error::BrokerInUse {
-                dependents,
-                ..
-            }) => Some(*dependents),
-            _ => None,
-        },
+        Some(Error::BrokerInUse { dependents, .. }) => Some(*dependents),
         _ => None,
     };
     assert_eq!(

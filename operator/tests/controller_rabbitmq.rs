@@ -179,7 +179,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
 }
 
 #[tokio::test]
-async fn a_binding_to_a_missing_queue_reports_rabbitmqs_text_and_backs_off() {
+async fn a_binding_to_a_missing_queue_waits_quietly_with_rabbitmqs_text() {
     let vhost = Vhost::new("dangling").await;
     let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
     let object = binding_json(&vhost.0, false);
@@ -190,7 +190,7 @@ async fn a_binding_to_a_missing_queue_reports_rabbitmqs_text_and_backs_off() {
     let status = api_server.status(BINDINGS, &object).await;
     let condition = ready(&status);
     assert_eq!(condition["status"], "False");
-    assert_eq!(condition["reason"], "RabbitMQError");
+    assert_eq!(condition["reason"], "Waiting");
     // RabbitMQ's own words about what is missing.
     assert!(
         condition["message"]
@@ -199,9 +199,22 @@ async fn a_binding_to_a_missing_queue_reports_rabbitmqs_text_and_backs_off() {
             .contains("404"),
         "{condition}"
     );
-    assert_eq!(api_server.event().await["type"], "Warning");
-    let error = finish(task).await.err();
-    assert!(error.is_some(), "a missing queue is retried with backoff");
+    // kstatus: still in progress, not failed.
+    let reconciling = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Reconciling"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(reconciling["status"], "True", "{status}");
+    // News, but not a Warning: the queue is most likely on its way.
+    assert_eq!(api_server.event().await["type"], "Normal");
+    assert_eq!(
+        finish(task).await.ok(),
+        Some(kube::runtime::controller::Action::requeue(
+            Duration::from_secs(10)
+        )),
+        "looked at again soon, without backoff or an error log"
+    );
     api_server.assert_idle();
 }
 
@@ -416,14 +429,7 @@ async fn an_unreachable_broker_is_ready_false_and_retried_with_growing_backoff()
 }
 
 fn root(error: &Error) -> Option<&Error> {
-    match error {
-        Error::Finalizer(inner) => match inner.as_ref() {
-            kube::runtime::finalizer::Error::ApplyFailed(cause)
-            | kube::runtime::finalizer::Error::CleanupFailed(cause) => Some(cause),
-            _ => None,
-        },
-        other => Some(other),
-    }
+    Some(error)
 }
 
 #[tokio::test]

@@ -214,7 +214,10 @@ async fn kubectl_reaches_every_kind_by_plural_qualified_and_short_names() {
 #[tokio::test]
 async fn operator_with_the_charts_rbac_drives_the_topology_ready_and_cleans_up_on_delete() {
     let f = fixture!("topology");
-    let operator = f.start_operator("warren-0").await;
+    // A short resync, so drift repair is seen within the test.
+    let operator = f
+        .start_operator_with("warren-0", |args| args.resync_seconds = 3)
+        .await;
     let topology = f.topology_manifests();
     f.apply(&topology).await;
     f.wait_all_ready(&topology).await;
@@ -279,17 +282,9 @@ async fn operator_with_the_charts_rbac_drives_the_topology_ready_and_cleans_up_o
     ]);
     assert!(ok, "kubectl wait: {out}");
 
-    // A queue deleted by hand is declared again (drift repaired on the next read-back).
+    // A queue deleted by hand is declared again within one resync period.
     let retry4 = "orders.inventory_events.retry.4";
     f.vhost.mgmt.delete_queue(&f.vhost.name, retry4).await;
-    f.api("Queue")
-        .patch(
-            "orders-inventory-events-retry-4",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"annotations": {"warren.dev/poke": "1"}}})),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("annotate: {e}"));
     warren_tests::eventually(
         Duration::from_secs(30),
         "the queue deleted by hand is back",

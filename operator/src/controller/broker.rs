@@ -9,12 +9,11 @@ use std::{sync::Arc, time::Instant};
 
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
-use super::FINALIZER;
 use super::connect::broker_connection;
 use super::context::Context;
+use super::finalizer::{self, Step};
 use super::kinds::TopologyKind;
 use super::status::{self, Verdict};
 use super::topology::{deleting_for, error_chain};
@@ -85,14 +84,13 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
     let key = format!("Broker/{namespace}/{}", broker.name_any());
     let api: Api<Broker> = Api::namespaced(ctx.client.clone(), &namespace);
     let (api_ref, ctx_ref) = (&api, &ctx);
-    let result = finalizer(&api, FINALIZER, broker, move |event| async move {
-        match event {
-            FinalizerEvent::Apply(broker) => probe(api_ref, &broker, ctx_ref).await,
-            FinalizerEvent::Cleanup(broker) => release(&broker, ctx_ref).await,
+    let result = finalizer::reconcile(&api, broker, move |step| async move {
+        match step {
+            Step::Apply(broker) => probe(api_ref, &broker, ctx_ref).await,
+            Step::Cleanup(broker) => release(&broker, ctx_ref).await,
         }
     })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)));
+    .await;
     ctx.metrics.reconciled("Broker", started.elapsed());
     if result.is_ok() {
         ctx.reset_backoff(&key);
@@ -157,9 +155,9 @@ async fn probe(api: &Api<Broker>, broker: &Broker, ctx: &Context) -> Result<Acti
 fn broker_failure(error: &Error) -> Verdict {
     let text = error_chain(error);
     match error {
-        Error::Config(_) => Verdict::not_ready(reason::CONFIG_INVALID, text),
+        Error::Config(_) => Verdict::stalled(reason::CONFIG_INVALID, text),
         Error::Transport { .. } => Verdict::not_ready(reason::UNREACHABLE, text),
-        Error::RabbitMq { status: 401, .. } => Verdict::not_ready(
+        Error::RabbitMq { status: 401, .. } => Verdict::stalled(
             reason::UNAUTHORIZED,
             format!("{text}: check the username and password in the credentials Secret"),
         ),

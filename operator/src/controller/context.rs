@@ -9,10 +9,14 @@ use std::{
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::broadcast;
 
 use super::REPORTING_CONTROLLER;
+use super::claims::Stores;
 use super::connect::BrokerConnector;
 use super::metrics::Metrics;
+use crate::crd::Broker;
 use crate::rabbitmq::BrokerConnection;
 
 /// Timing of the controllers.
@@ -27,6 +31,9 @@ pub struct Settings {
     /// How long cleanup keeps retrying an unreachable broker before it gives up and removes the
     /// finalizer anyway, so a dead broker never leaves a namespace stuck in Terminating.
     pub cleanup_grace: Duration,
+    /// How often the Secrets that Brokers name are read for a change (a rotated or fixed
+    /// credential), with `get` only: the chart grants no list or watch on Secrets.
+    pub secret_poll: Duration,
 }
 
 impl Default for Settings {
@@ -36,6 +43,7 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             cleanup_grace: Duration::from_secs(600),
+            secret_poll: Duration::from_secs(5),
         }
     }
 }
@@ -52,6 +60,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Timing.
     pub settings: Settings,
+    /// The controllers' caches, to find other claimants of one RabbitMQ object.
+    pub stores: Stores,
+    /// Brokers to probe again now (a dependant could not reach RabbitMQ, a Secret changed).
+    probes: broadcast::Sender<ObjectRef<Broker>>,
     failures: Mutex<HashMap<String, u32>>,
     /// The last connection that could be assembled per Broker (namespace/name/uid), so cleanup
     /// still reaches RabbitMQ when a namespace deletion removed the credentials Secret first.
@@ -77,9 +89,22 @@ impl Context {
             connector,
             metrics,
             settings,
+            stores: Stores::default(),
+            probes: broadcast::channel(1024).0,
             failures: Mutex::new(HashMap::new()),
             remembered: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Asks the Broker controllers to probe `namespace/name` now.
+    pub fn probe_broker(&self, namespace: &str, name: &str) {
+        // No receiver (controllers not running, e.g. in a unit test) is fine.
+        let _ = self.probes.send(ObjectRef::new(name).within(namespace));
+    }
+
+    /// The Brokers to probe now, for one Broker controller.
+    pub fn broker_probes(&self) -> broadcast::Receiver<ObjectRef<Broker>> {
+        self.probes.subscribe()
     }
 
     /// Remembers how `broker` (namespace/name/uid) was last reached.

@@ -10,8 +10,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::crd::{
-    Binding, BindingStatus, BrokerRef, DeclaredBinding, DeletionPolicy, Exchange, Policy, Queue,
-    QueueStatus, TopologyStatus,
+    Binding, BindingStatus, BrokerRef, CreatedObject, DeclaredBinding, DeletionPolicy, Exchange,
+    Policy, Queue, QueueStatus, TopologyStatus,
 };
 use crate::plan::{Object, Observed};
 use crate::rabbitmq::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
@@ -53,22 +53,40 @@ pub trait TopologyKind:
     /// Current conditions (empty before the first status).
     fn conditions(&self) -> &[Condition];
 
-    /// The whole status Warren applies: conditions plus what it read back from RabbitMQ.
+    /// The whole status Warren applies: conditions plus what it read back from RabbitMQ, and
+    /// `created`, the object this reconcile created (recorded so that deletion can recognise it).
     fn status(
         &self,
         conditions: Vec<Condition>,
         generation: Option<i64>,
         observed: Option<&Observed>,
+        created: Option<&Object>,
     ) -> Value;
 }
 
-// Serializing these plain structs (string keys only) cannot fail; Null is never reached.
-fn topology_status(conditions: Vec<Condition>, generation: Option<i64>) -> Value {
-    serde_json::to_value(TopologyStatus {
-        observed_generation: generation,
-        conditions,
-    })
-    .unwrap_or(Value::Null)
+/// The record of a newly created exchange or queue, else the record the status already holds.
+fn created_record(
+    created: Option<&Object>,
+    previous: Option<&CreatedObject>,
+) -> Option<CreatedObject> {
+    let fresh = match created {
+        Some(Object::Exchange(e)) => Some(CreatedObject {
+            object_type: e.exchange_type.clone(),
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: Some(e.internal),
+            arguments: (!e.arguments.is_empty()).then(|| e.arguments.clone()),
+        }),
+        Some(Object::Queue(q)) => Some(CreatedObject {
+            object_type: q.queue_type.clone(),
+            durable: q.durable,
+            auto_delete: q.auto_delete,
+            internal: None,
+            arguments: (!q.arguments.is_empty()).then(|| q.arguments.clone()),
+        }),
+        _ => None,
+    };
+    fresh.or_else(|| previous.cloned())
 }
 
 impl TopologyKind for Exchange {
@@ -96,6 +114,20 @@ impl TopologyKind for Exchange {
         self.spec.deletion_policy
     }
 
+    /// The exchange as Warren created it, from `status.created`.
+    fn recorded(&self) -> Option<Object> {
+        let created = self.status.as_ref()?.created.as_ref()?;
+        Some(Object::Exchange(ExchangeDef {
+            vhost: self.spec.vhost.clone(),
+            name: self.spec.name.clone(),
+            exchange_type: created.object_type.clone(),
+            durable: created.durable,
+            auto_delete: created.auto_delete,
+            internal: created.internal.unwrap_or_default(),
+            arguments: created.arguments.clone().unwrap_or_default(),
+        }))
+    }
+
     fn conditions(&self) -> &[Condition] {
         self.status
             .as_ref()
@@ -107,8 +139,18 @@ impl TopologyKind for Exchange {
         conditions: Vec<Condition>,
         generation: Option<i64>,
         _: Option<&Observed>,
+        created: Option<&Object>,
     ) -> Value {
-        topology_status(conditions, generation)
+        // Serializing these plain structs (string keys only) cannot fail.
+        serde_json::to_value(TopologyStatus {
+            observed_generation: generation,
+            conditions,
+            created: created_record(
+                created,
+                self.status.as_ref().and_then(|s| s.created.as_ref()),
+            ),
+        })
+        .unwrap_or(Value::Null)
     }
 }
 
@@ -142,6 +184,19 @@ impl TopologyKind for Queue {
         self.spec.deletion_policy
     }
 
+    /// The queue as Warren created it, from `status.created`.
+    fn recorded(&self) -> Option<Object> {
+        let created = self.status.as_ref()?.created.as_ref()?;
+        Some(Object::Queue(QueueDef {
+            vhost: self.spec.vhost.clone(),
+            name: self.spec.name.clone(),
+            queue_type: created.object_type.clone(),
+            durable: created.durable,
+            auto_delete: created.auto_delete,
+            arguments: created.arguments.clone().unwrap_or_default(),
+        }))
+    }
+
     fn conditions(&self) -> &[Condition] {
         self.status
             .as_ref()
@@ -154,6 +209,7 @@ impl TopologyKind for Queue {
         conditions: Vec<Condition>,
         generation: Option<i64>,
         observed: Option<&Observed>,
+        created: Option<&Object>,
     ) -> Value {
         let live = observed.and_then(|o| {
             o.queues.iter().find(|q| {
@@ -165,6 +221,10 @@ impl TopologyKind for Queue {
             conditions,
             messages: live.and_then(|q| q.messages),
             consumers: live.and_then(|q| q.consumers),
+            created: created_record(
+                created,
+                self.status.as_ref().and_then(|s| s.created.as_ref()),
+            ),
         })
         .unwrap_or(Value::Null)
     }
@@ -217,6 +277,7 @@ impl TopologyKind for Binding {
         conditions: Vec<Condition>,
         generation: Option<i64>,
         observed: Option<&Observed>,
+        _: Option<&Object>,
     ) -> Value {
         let previous = self.status.as_ref().and_then(|s| s.binding.clone());
         let binding = declared_binding(&self.identity(), observed).or(previous);
@@ -277,7 +338,13 @@ impl TopologyKind for Policy {
         conditions: Vec<Condition>,
         generation: Option<i64>,
         _: Option<&Observed>,
+        _: Option<&Object>,
     ) -> Value {
-        topology_status(conditions, generation)
+        serde_json::to_value(TopologyStatus {
+            observed_generation: generation,
+            conditions,
+            created: None,
+        })
+        .unwrap_or(Value::Null)
     }
 }

@@ -5,14 +5,17 @@
 //! validate the spec → read the one RabbitMQ object back → plan → carry out → status and Events.
 
 mod broker;
+mod claims;
 mod connect;
 mod context;
 mod events;
+mod finalizer;
 mod kinds;
 pub mod leader;
 mod metrics;
 mod operator;
 pub mod reason;
+mod secrets;
 mod server;
 mod status;
 mod topology;
@@ -20,6 +23,7 @@ mod topology;
 pub use broker::reconcile_broker;
 pub use connect::{BrokerConnector, HttpConnector, broker_connection};
 pub use context::{Context, Settings};
+pub use finalizer::FINALIZER_MANAGER;
 pub use kinds::TopologyKind;
 pub use metrics::Metrics;
 pub use operator::{OperatorArgs, check_crds, run, run_controllers, serve};

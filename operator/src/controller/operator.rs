@@ -6,8 +6,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use kube::api::ListParams;
 use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
@@ -353,43 +353,49 @@ pub async fn run_controllers(
 ) {
     let config = ControllerConfig::default().concurrency(concurrency);
     let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
+    controllers.push(super::secrets::poll_broker_secrets(ctx.clone(), stop.clone()).boxed());
     for scope in scopes {
         let client = &ctx.client;
+        let brokers = Controller::new(
+            scoped::<Broker>(client, scope),
+            watcher::Config::default().any_semantic(),
+        );
+        ctx.stores.add(brokers.store());
         controllers.push(
             drain(
                 "Broker",
-                Controller::new(
-                    scoped::<Broker>(client, scope),
-                    watcher::Config::default().any_semantic(),
-                )
-                // A deleted Broker waits for these; their deletion is its cue to look again.
-                .watches(
-                    scoped::<Exchange>(client, scope),
-                    watcher::Config::default().any_semantic(),
-                    deleting_dependent::<Exchange>,
-                )
-                .watches(
-                    scoped::<Queue>(client, scope),
-                    watcher::Config::default().any_semantic(),
-                    deleting_dependent::<Queue>,
-                )
-                .watches(
-                    scoped::<Binding>(client, scope),
-                    watcher::Config::default().any_semantic(),
-                    deleting_dependent::<Binding>,
-                )
-                .watches(
-                    scoped::<Policy>(client, scope),
-                    watcher::Config::default().any_semantic(),
-                    deleting_dependent::<Policy>,
-                )
-                .with_config(config.clone())
-                .graceful_shutdown_on(stop.clone().cancelled_owned())
-                .run(
-                    broker::reconcile_broker,
-                    topology::error_policy::<Broker>,
-                    ctx.clone(),
-                ),
+                brokers
+                    // Probed again at once when a dependant cannot reach RabbitMQ or a Secret
+                    // it reads changed.
+                    .reconcile_on(broker_probes(&ctx, scope))
+                    // A deleted Broker waits for these; their deletion is its cue to look again.
+                    .watches(
+                        scoped::<Exchange>(client, scope),
+                        watcher::Config::default().any_semantic(),
+                        deleting_dependent::<Exchange>,
+                    )
+                    .watches(
+                        scoped::<Queue>(client, scope),
+                        watcher::Config::default().any_semantic(),
+                        deleting_dependent::<Queue>,
+                    )
+                    .watches(
+                        scoped::<Binding>(client, scope),
+                        watcher::Config::default().any_semantic(),
+                        deleting_dependent::<Binding>,
+                    )
+                    .watches(
+                        scoped::<Policy>(client, scope),
+                        watcher::Config::default().any_semantic(),
+                        deleting_dependent::<Policy>,
+                    )
+                    .with_config(config.clone())
+                    .graceful_shutdown_on(stop.clone().cancelled_owned())
+                    .run(
+                        broker::reconcile_broker,
+                        topology::error_policy::<Broker>,
+                        ctx.clone(),
+                    ),
             )
             .boxed(),
         );
@@ -435,10 +441,19 @@ fn topology_controller<K: TopologyKind>(
     extra: impl FnOnce(Controller<K>, &Client, &Option<String>) -> Controller<K>,
 ) -> BoxFuture<'static, ()> {
     let client = &ctx.client;
-    let controller = Controller::new(
+    // Only spec changes (a new generation; deletion bumps it too) start a reconcile: Warren's own
+    // status writes must not, or every Created would be rewritten to InSync a moment later.
+    let (reader, writer) = reflector::store();
+    let objects = watcher(
         scoped::<K>(client, scope),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    ctx.stores.add(reader.clone());
+    let controller = Controller::for_stream(objects, reader);
     let store = controller.store();
     let controller = controller.watches(
         scoped::<Broker>(client, scope),
@@ -458,6 +473,25 @@ fn topology_controller<K: TopologyKind>(
             ),
     )
     .boxed()
+}
+
+/// The Brokers in `scope` that [`Context::probe_broker`] asks to probe now.
+fn broker_probes(
+    ctx: &Context,
+    scope: &Option<String>,
+) -> impl futures::Stream<Item = ObjectRef<Broker>> + Send + 'static {
+    let scope = scope.clone();
+    futures::stream::unfold(ctx.broker_probes(), |mut probes| async move {
+        loop {
+            match probes.recv().await {
+                Ok(broker) => return Some((broker, probes)),
+                // Missed some: the ones that follow still come, and the resync covers the rest.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |broker| futures::future::ready(scope.is_none() || broker.namespace == scope))
 }
 
 /// The Broker a resource being deleted names. Only deletions matter to a Broker (it waits for

@@ -19,6 +19,12 @@ pub const BROKER_CONFIG_INVALID: &str = "BrokerConfigInvalid";
 pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
 /// The vhost does not exist; Warren never creates vhosts.
 pub const VHOST_NOT_FOUND: &str = "VhostNotFound";
+/// Waiting for something Warren expects to appear (a Binding's exchange or queue): retried
+/// quietly, without Warning Events.
+pub const WAITING: &str = "Waiting";
+/// Another resource, created earlier, already claims the same RabbitMQ object; this one never
+/// declares, changes or deletes it. The message names the owner.
+pub const DUPLICATE: &str = "Duplicate";
 /// RabbitMQ refused a call; the message carries its own text.
 pub const RABBITMQ_ERROR: &str = "RabbitMQError";
 /// Cleanup deleted the object (or found it already gone).

@@ -5,22 +5,28 @@
 //! `reconcile::execute`), so the operator and `warren apply` never disagree about create, update,
 //! delete or conflict.
 
+use std::time::Duration;
 use std::{sync::Arc, time::Instant};
 
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
+use super::claims::{self, Claimant};
 use super::context::Context;
 use super::events;
+use super::finalizer::{self, Step};
 use super::kinds::TopologyKind;
 use super::status::{self, Verdict};
-use super::{FINALIZER, broker, reason};
-use crate::crd::DeletionPolicy;
-use crate::plan::{self, Desired, Object, Observed};
+use super::{broker, reason};
+use crate::crd::{Broker, DeletionPolicy};
+use crate::plan::{self, Object, Observed};
 use crate::rabbitmq::ManagementApi;
 use crate::reconcile::{self, Outcome};
 use crate::{Error, Result};
+
+/// How often a Duplicate or a waiting Binding looks again (their owner or their exchange may go
+/// or come at any moment; watches catch most of it, this catches the rest).
+const RECHECK: Duration = Duration::from_secs(10);
 
 /// Reconciles one topology resource: adds the finalizer, then converges or cleans up.
 pub async fn reconcile<K: TopologyKind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
@@ -30,14 +36,13 @@ pub async fn reconcile<K: TopologyKind>(object: Arc<K>, ctx: Arc<Context>) -> Re
     let key = backoff_key(&*object);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let (api_ref, ctx_ref) = (&api, &ctx);
-    let result = finalizer(&api, FINALIZER, object, move |event| async move {
-        match event {
-            FinalizerEvent::Apply(object) => apply(api_ref, object.as_ref(), ctx_ref).await,
-            FinalizerEvent::Cleanup(object) => cleanup(object.as_ref(), ctx_ref).await,
+    let result = finalizer::reconcile(&api, object, move |step| async move {
+        match step {
+            Step::Apply(object) => apply(api_ref, object.as_ref(), ctx_ref).await,
+            Step::Cleanup(object) => cleanup(object.as_ref(), ctx_ref).await,
         }
     })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)));
+    .await;
     ctx.metrics.reconciled(&kind, started.elapsed());
     if result.is_ok() {
         ctx.reset_backoff(&key);
@@ -50,15 +55,14 @@ pub fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Acti
 where
     K: Resource<DynamicType = ()>,
 {
-    let cause = root_cause(error);
     let kind = K::kind(&());
-    ctx.metrics.failed(&kind, cause.metric_label());
+    ctx.metrics.failed(&kind, error.metric_label());
     let wait = ctx.next_backoff(&backoff_key(&*object));
     tracing::warn!(
         kind = %kind,
         namespace = object.meta().namespace.as_deref().unwrap_or_default(),
         name = object.meta().name.as_deref().unwrap_or_default(),
-        reason = cause.metric_label(),
+        reason = error.metric_label(),
         error = %error_chain(error),
         retry_in_seconds = wait.as_secs(),
         "reconcile failed"
@@ -75,24 +79,13 @@ fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
-/// The error that actually went wrong, under kube's finalizer wrapping.
-pub(super) fn root_cause(error: &Error) -> &Error {
-    match error {
-        Error::Finalizer(inner) => match inner.as_ref() {
-            finalizer::Error::ApplyFailed(cause) | finalizer::Error::CleanupFailed(cause) => cause,
-            _ => error,
-        },
-        _ => error,
-    }
-}
-
 /// The error and all its causes on one line (RabbitMQ's text included, credentials never are).
 pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        // Wrappers such as kube's finalizer error repeat their cause in their own text.
+        // Wrappers repeat their cause in their own text.
         if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
@@ -105,22 +98,42 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
 /// What a converged apply found and did.
 struct Converged {
     verdict: Verdict,
-    observed: Observed,
+    /// RabbitMQ's object after the change, read back (none for a Duplicate).
+    observed: Option<Observed>,
     changed_rabbitmq: bool,
+    /// The object this reconcile created, for the status record.
+    created: Option<Object>,
 }
 
 async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Action> {
     let generation = object.meta().generation;
-    let (verdict, observed, result) = match converge(object, ctx).await {
+    let (converged, result) = match converge(object, ctx).await {
         Ok(converged) => {
             let changed = converged.changed_rabbitmq;
-            (converged.verdict, Some(converged.observed), Ok(changed))
+            (converged, Ok(changed))
         }
-        Err(error) => match failure_verdict(&error) {
-            Some(verdict) => (verdict, None, Err(error)),
+        Err(error) => match failure_verdict::<K>(&error) {
+            Some(verdict) => (
+                Converged {
+                    verdict,
+                    observed: None,
+                    changed_rabbitmq: false,
+                    created: None,
+                },
+                Err(error),
+            ),
             None => return Err(error),
         },
     };
+    let verdict = &converged.verdict;
+    // RabbitMQ did not answer (or refused the credentials) for this resource: the Broker's own
+    // status must not keep saying Reachable until its next probe.
+    if let Err(Error::Transport { .. } | Error::RabbitMq { status: 401, .. }) = &result {
+        ctx.probe_broker(
+            object.namespace().as_deref().unwrap_or_default(),
+            &object.broker_ref().name,
+        );
+    }
     // Events are news: a change in RabbitMQ, a new failure, or a recovery from one. Steady
     // states (InSync again, the same Conflict again) are left to the status.
     let was_failing =
@@ -131,7 +144,12 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
     status::apply(
         api,
         object,
-        object.status(conditions, generation, observed.as_ref()),
+        object.status(
+            conditions,
+            generation,
+            converged.observed.as_ref(),
+            converged.created.as_ref(),
+        ),
     )
     .await?;
     if announce {
@@ -147,7 +165,7 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         events::publish(
             ctx,
             &object.object_ref(&()),
-            !verdict.ready,
+            verdict.is_warning(),
             verdict.reason,
             "Reconcile",
             &verdict.message,
@@ -155,7 +173,14 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         .await;
     }
     match result {
+        Ok(_) if verdict.reason == reason::DUPLICATE => {
+            Ok(Action::requeue(ctx.settings.resync.min(RECHECK)))
+        }
         Ok(_) => Ok(Action::requeue(ctx.settings.resync)),
+        // Waiting for an exchange or queue that watches will announce: quietly, no backoff.
+        Err(_) if verdict.reason == reason::WAITING => {
+            Ok(Action::requeue(ctx.settings.resync.min(RECHECK)))
+        }
         // The user must act (create the Broker, fix the spec, ...): no point in backing off fast;
         // watches on the Broker re-queue as soon as it changes.
         Err(error) if is_permanent(&error) => {
@@ -178,6 +203,20 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
         &object.broker_ref().name,
     )
     .await?;
+    if let Some(owner) = owner_if_not(ctx, object, &broker) {
+        return Ok(Converged {
+            verdict: Verdict::stalled(
+                reason::DUPLICATE,
+                format!(
+                    "{owner} already declares {desired} on {}; this resource never declares, changes or deletes it: delete it, or give it another spec.name",
+                    broker.spec.management_url
+                ),
+            ),
+            observed: None,
+            changed_rabbitmq: false,
+            created: None,
+        });
+    }
     let management = broker::connect(ctx, &broker).await?;
     let observed = observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?;
     let recorded = object.recorded();
@@ -191,9 +230,11 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
     } else {
         observed
     };
+    let mut created = None;
     let verdict = match (&action, outcome) {
-        (_, Outcome::Conflict(why)) => Verdict::not_ready(reason::CONFLICT, why),
+        (_, Outcome::Conflict(why)) => Verdict::stalled(reason::CONFLICT, why),
         (plan::Action::Create(object), Outcome::Done) => {
+            created = Some(object.clone());
             Verdict::ready(reason::CREATED, format!("created {object}"))
         }
         (
@@ -224,24 +265,72 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
     };
     Ok(Converged {
         verdict,
-        observed,
+        observed: Some(observed),
         changed_rabbitmq,
+        created,
     })
+}
+
+/// The live resources of `K` (in every namespace the operator watches) that name the same
+/// RabbitMQ object as `object`, on the same broker (the same management URL), `object` included.
+fn claimants<K: TopologyKind>(ctx: &Context, object: &K, broker: &Broker) -> Vec<Claimant> {
+    let identity = object.identity();
+    let url = broker.spec.management_url.trim_end_matches('/');
+    let brokers = ctx.stores.all::<Broker>();
+    let same_broker = |other: &K| {
+        let namespace = other.namespace();
+        if namespace == object.namespace() && other.broker_ref() == object.broker_ref() {
+            return true;
+        }
+        brokers.iter().any(|b| {
+            b.namespace() == namespace
+                && b.name_any() == other.broker_ref().name
+                && b.spec.management_url.trim_end_matches('/') == url
+        })
+    };
+    let mut found: Vec<Claimant> = ctx
+        .stores
+        .all::<K>()
+        .iter()
+        .filter(|other| other.uid() != object.uid())
+        .filter(|other| plan::same_object(&other.identity(), &identity) && same_broker(other))
+        .map(|other| Claimant::of(other.as_ref()))
+        .collect();
+    found.push(Claimant::of(object));
+    found
+}
+
+/// The resource that owns `object`'s RabbitMQ object when it is another one (`object` is then a
+/// Duplicate).
+fn owner_if_not<K: TopologyKind>(ctx: &Context, object: &K, broker: &Broker) -> Option<String> {
+    let all = claimants(ctx, object, broker);
+    let me = Claimant::of(object);
+    claims::owner(&all)
+        .filter(|owner| owner.key != me.key)
+        .map(|owner| owner.resource.clone())
 }
 
 /// The `Ready=False` verdict an apply failure shows, or `None` when it is not about the resource
 /// (a Kubernetes API failure: writing status would most likely fail too).
-fn failure_verdict(error: &Error) -> Option<Verdict> {
+fn failure_verdict<K: TopologyKind>(error: &Error) -> Option<Verdict> {
     let text = error_chain(error);
     let verdict = match error {
-        Error::InvalidSpec { .. } => Verdict::not_ready(reason::INVALID_SPEC, text),
-        Error::BrokerNotFound { .. } => Verdict::not_ready(
+        Error::InvalidSpec { .. } => Verdict::stalled(reason::INVALID_SPEC, text),
+        Error::BrokerNotFound { .. } => Verdict::stalled(
             reason::BROKER_NOT_FOUND,
             format!("{text}: create it or fix spec.brokerRef.name"),
         ),
-        Error::Config(_) => Verdict::not_ready(reason::BROKER_CONFIG_INVALID, text),
+        Error::Config(_) => Verdict::stalled(reason::BROKER_CONFIG_INVALID, text),
         Error::Transport { .. } => Verdict::not_ready(reason::BROKER_UNREACHABLE, text),
-        Error::VhostMissing { .. } => Verdict::not_ready(reason::VHOST_NOT_FOUND, text),
+        Error::VhostMissing { .. } => Verdict::stalled(reason::VHOST_NOT_FOUND, text),
+        // A binding declared before its exchange or queue: they are usually on their way.
+        Error::RabbitMq { status: 404, .. } if K::kind(&()) == "Binding" => Verdict::not_ready(
+            reason::WAITING,
+            format!("waiting for the binding's exchange or queue to exist: {text}"),
+        ),
+        Error::RabbitMq { .. } if is_permanent(error) => {
+            Verdict::stalled(reason::RABBITMQ_ERROR, text)
+        }
         Error::RabbitMq { .. } | Error::InvalidResponse { .. } => {
             Verdict::not_ready(reason::RABBITMQ_ERROR, text)
         }
@@ -268,8 +357,29 @@ fn is_permanent(error: &Error) -> bool {
 enum Removal {
     Deleted,
     AlreadyGone,
-    /// RabbitMQ's object does not match the spec (a Conflict): it is not Warren's to destroy.
+    /// RabbitMQ's object is not the one this resource declared: it is not Warren's to destroy.
     LeftConflicting(String),
+    /// Another resource still claims the object; it stays for that one.
+    LeftForClaimant(String),
+}
+
+/// Whether Warren may ever have declared something for this resource: it recorded creating it,
+/// or its status shows it reached RabbitMQ. A resource that never got that far (its Broker or
+/// Secret missing from the start, an invalid spec, a Duplicate) has nothing to clean up.
+fn may_have_declared<K: TopologyKind>(object: &K) -> bool {
+    if object.recorded().is_some() {
+        return true;
+    }
+    crate::crd::status::ready(object.conditions()).is_some_and(|c| {
+        ![
+            reason::BROKER_NOT_FOUND,
+            reason::BROKER_CONFIG_INVALID,
+            reason::INVALID_SPEC,
+            reason::DUPLICATE,
+            reason::VHOST_NOT_FOUND,
+        ]
+        .contains(&c.reason.as_str())
+    })
 }
 
 async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
@@ -290,26 +400,36 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
         Ok(Removal::LeftConflicting(why)) => (
             true,
             reason::CONFLICT,
-            format!("left {identity} in RabbitMQ: it does not match this resource ({why})"),
+            format!("left {identity} in RabbitMQ: {why}"),
         ),
-        // Without its Broker (or its credentials) Warren cannot reach RabbitMQ, and waiting
-        // would leave the namespace stuck: release the resource and say what may remain.
-        Err(error @ (Error::BrokerNotFound { .. } | Error::Config(_))) => (
-            true,
-            if matches!(error, Error::Config(_)) {
-                reason::BROKER_CONFIG_INVALID
-            } else {
-                reason::BROKER_NOT_FOUND
-            },
-            format!(
-                "finalizer removed without deleting {identity}: {}",
-                error_chain(&error)
-            ),
+        Ok(Removal::LeftForClaimant(owner)) => (
+            false,
+            reason::DUPLICATE,
+            format!("left {identity} in RabbitMQ: {owner} still declares it"),
         ),
+        // Without its Broker (or its credentials) Warren cannot reach RabbitMQ. Nothing to do
+        // when it never got there; otherwise wait for them to come back, as for an unreachable
+        // broker, and only then let the resource go (a namespace must never stay stuck).
+        Err(error @ (Error::BrokerNotFound { .. } | Error::Config(_)))
+            if !may_have_declared(object) =>
+        {
+            (
+                false,
+                reason::DELETED,
+                format!(
+                    "nothing to delete: Warren never declared {identity} ({})",
+                    error_chain(&error)
+                ),
+            )
+        }
         Err(error) => {
             let waited = deleting_for(object);
             if waited < ctx.settings.cleanup_grace {
-                let note = format!("cannot delete {identity} yet: {}", error_chain(&error));
+                let note = format!(
+                    "cannot delete {identity} yet (retrying for up to {}s): {}",
+                    ctx.settings.cleanup_grace.as_secs(),
+                    error_chain(&error)
+                );
                 events::publish(
                     ctx,
                     &reference,
@@ -325,21 +445,22 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
                 true,
                 reason::CLEANUP_ABANDONED,
                 format!(
-                    "gave up deleting {identity} after {}s: {}; delete it by hand if it still exists",
+                    "gave up deleting {identity} after {}s: {}; it may still exist in RabbitMQ: delete it by hand",
                     waited.as_secs(),
                     error_chain(&error)
                 ),
             )
         }
     };
-    tracing::info!(
-        kind = %K::kind(&()),
-        namespace = reference.namespace.as_deref().unwrap_or_default(),
-        name = reference.name.as_deref().unwrap_or_default(),
-        reason = outcome,
-        message = %note,
-        "cleaned up: finalizer released"
+    let (namespace, name) = (
+        reference.namespace.as_deref().unwrap_or_default(),
+        reference.name.as_deref().unwrap_or_default(),
     );
+    if warning {
+        tracing::warn!(kind = %K::kind(&()), namespace, name, reason = outcome, message = %note, "cleaned up: finalizer released, something may be left in RabbitMQ");
+    } else {
+        tracing::info!(kind = %K::kind(&()), namespace, name, reason = outcome, message = %note, "cleaned up: finalizer released");
+    }
     events::publish(ctx, &reference, warning, outcome, "Delete", &note).await;
     Ok(Action::await_change())
 }
@@ -351,6 +472,14 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
         &object.broker_ref().name,
     )
     .await?;
+    // Another live claimant (the owner, or the next in line when this one owned it) keeps it.
+    let me = Claimant::of(object);
+    if let Some(other) = claimants(ctx, object, &broker)
+        .into_iter()
+        .find(|c| c.key != me.key && !c.deleting)
+    {
+        return Ok(Removal::LeftForClaimant(other.resource));
+    }
     let management = broker::connect_for_cleanup(ctx, &broker).await?;
     let observed =
         match observe_one(management.as_ref(), &broker.spec.management_url, identity).await {
@@ -359,20 +488,22 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
             Err(error) if error.is_not_found() => return Ok(Removal::AlreadyGone),
             Err(error) => return Err(error),
         };
-    if let Ok(desired) = object.desired() {
-        let check = plan::plan(&Desired::single(desired), &observed, false);
-        if let Some(plan::Action::Conflict { reason: why, .. }) = check.actions.first() {
-            return Ok(Removal::LeftConflicting(why.clone()));
-        }
-    }
     let removal = plan::plan_removal(&removals(identity, object.recorded()), &observed);
     let mut deleted = false;
-    for action in removal.actions.iter().filter(|a| a.changes_rabbitmq()) {
-        match reconcile::execute(management.as_ref(), action).await {
-            Ok(_) => deleted = true,
-            // Deleted by someone else between read-back and delete.
-            Err(error) if error.is_not_found() => {}
-            Err(error) => return Err(error),
+    for action in &removal.actions {
+        match action {
+            plan::Action::Conflict { reason: why, .. } => {
+                return Ok(Removal::LeftConflicting(why.clone()));
+            }
+            action if action.changes_rabbitmq() => {
+                match reconcile::execute(management.as_ref(), action).await {
+                    Ok(_) => deleted = true,
+                    // Deleted by someone else between read-back and delete.
+                    Err(error) if error.is_not_found() => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            _ => {}
         }
     }
     Ok(if deleted {
@@ -383,7 +514,8 @@ async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -
 }
 
 /// What deleting a resource removes: its spec's object, and the one it recorded declaring when
-/// that differs (a crash between declaring a changed binding and writing the status).
+/// that differs (a Binding whose arguments changed, a Queue whose spec was edited after Warren
+/// created it).
 fn removals(identity: &Object, recorded: Option<Object>) -> Vec<(Object, DeletionPolicy)> {
     std::iter::once(identity.clone())
         .chain(recorded.filter(|r| r != identity))

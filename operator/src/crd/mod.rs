@@ -21,7 +21,9 @@ pub use broker::{Broker, BrokerSpec, BrokerStatus, BrokerTls, SecretKeyRef, Secr
 pub use exchange::{Exchange, ExchangeSpec, ExchangeType};
 pub use policy::{ApplyTo, Policy, PolicySpec};
 pub use queue::{Overflow, Queue, QueueSpec, QueueStatus, QueueType};
-pub use status::{BindingStatus, DeclaredBinding, READY, TopologyStatus};
+pub use status::{
+    BindingStatus, CreatedObject, DeclaredBinding, READY, RECONCILING, STALLED, TopologyStatus,
+};
 
 /// API group of every Warren kind.
 pub const GROUP: &str = "warren.dev";
@@ -342,12 +344,13 @@ mod tests {
     #[test]
     fn free_form_maps_preserve_unknown_fields_and_nothing_else_does() {
         let yaml = crds_yaml().unwrap_or_else(|e| panic!("{e}"));
-        // Exchange, Queue and Binding arguments, the Policy definition, and the arguments a
-        // Binding's status records having declared.
+        // Exchange, Queue and Binding arguments, the Policy definition, the arguments a
+        // Binding's status records having declared, and those of the exchange or queue a status
+        // records having created (Exchange, Queue, and Policy through the shared status type).
         assert_eq!(
             yaml.matches("x-kubernetes-preserve-unknown-fields: true")
                 .count(),
-            5
+            8
         );
     }
 

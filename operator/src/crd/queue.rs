@@ -210,4 +210,8 @@ pub struct QueueStatus {
     /// Consumers attached; absent until RabbitMQ reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<i64>,
+    /// The queue as Warren created it (absent when Warren found it already there): deleting the
+    /// resource deletes this queue even after the spec was edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<super::status::CreatedObject>,
 }

@@ -9,6 +9,13 @@ use super::Arguments;
 
 /// The condition type Argo CD, Flux and `kubectl get` read.
 pub const READY: &str = "Ready";
+/// kstatus' "abnormal-true" condition: present (True) while Warren is still working toward the
+/// spec (a new generation, or a failure it retries by itself). Flux, `kubectl wait` and cli-utils
+/// read it as InProgress.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus' "abnormal-true" condition: present (True) when Warren cannot make progress until
+/// someone changes something (the spec, the Broker, RabbitMQ). Read as Failed.
+pub const STALLED: &str = "Stalled";
 
 /// Status of an Exchange or Policy (a Binding adds what it declared: [`BindingStatus`]).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -21,6 +28,33 @@ pub struct TopologyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The exchange as Warren created it (absent when Warren found it already there): deleting
+    /// the resource deletes this object even after the spec was edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<CreatedObject>,
+}
+
+/// The fixed properties of an exchange or queue as Warren created it in RabbitMQ. RabbitMQ
+/// cannot change them in place, so an object that still has them is the one Warren created.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedObject {
+    /// Exchange or queue type.
+    #[serde(rename = "type")]
+    pub object_type: String,
+    /// Durable.
+    #[serde(default)]
+    pub durable: bool,
+    /// Auto-delete.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Internal (exchanges only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::free_form_object")]
+    pub arguments: Option<Arguments>,
 }
 
 /// Status of a Binding: the shared status plus the RabbitMQ binding this resource last declared.
@@ -85,6 +119,23 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
             *existing = new;
         }
         None => conditions.push(new),
+    }
+}
+
+/// A condition of `type_` for `generation`, True, with `reason` and `message`.
+pub fn true_condition(
+    type_: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: "True".to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: Time(jiff::Timestamp::now()),
     }
 }
 

@@ -1,0 +1,78 @@
+//! A rotated or fixed Broker Secret acts within seconds, not at the next resync: the Secrets that
+//! Brokers name are read by name every few seconds, and a Broker whose Secret changed (appeared,
+//! vanished, or got a new resourceVersion) is probed again; its dependants follow when its status
+//! changes. Reading by name needs only `get` on Secrets, which the chart already grants; watching
+//! would need `list` and `watch` on every Secret in the namespace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::context::Context;
+use crate::crd::Broker;
+
+/// The Secrets a Broker reads: credentials, and its TLS material when set.
+pub fn referenced(broker: &Broker) -> Vec<String> {
+    let mut names = vec![broker.spec.credentials_secret_ref.name.clone()];
+    if let Some(tls) = &broker.spec.tls {
+        names.extend(tls.ca_secret_ref.as_ref().map(|r| r.name.clone()));
+        names.extend(tls.client_cert_secret_ref.as_ref().map(|r| r.name.clone()));
+    }
+    names
+}
+
+/// `namespace/secret` → its resourceVersion (`None`: not found).
+type Seen = HashMap<(String, String), Option<String>>;
+
+/// Polls until `stop`; Brokers whose Secret changed since the previous round are probed.
+pub async fn poll_broker_secrets(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut seen = Seen::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.secret_poll) => {}
+            _ = stop.cancelled() => return,
+        }
+        seen = poll_once(&ctx, &seen).await;
+    }
+}
+
+async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
+    let mut now = Seen::new();
+    for broker in ctx.stores.all::<Broker>() {
+        let namespace = broker.namespace().unwrap_or_default();
+        for name in referenced(&broker) {
+            let key = (namespace.clone(), name);
+            if !now.contains_key(&key) {
+                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+                match secrets.get_metadata_opt(&key.1).await {
+                    Ok(found) => {
+                        now.insert(key.clone(), found.and_then(|s| s.resource_version()));
+                    }
+                    Err(error) => {
+                        // Keep what was known; the next round tries again.
+                        tracing::debug!(secret = %key.1, namespace = %key.0, error = %error, "cannot read a Broker's Secret");
+                        if let Some(known) = before.get(&key) {
+                            now.insert(key.clone(), known.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let (Some(previous), Some(current)) = (before.get(&key), now.get(&key))
+                && previous != current
+            {
+                tracing::info!(
+                    broker = %broker.name_any(),
+                    namespace = %namespace,
+                    secret = %key.1,
+                    "a Secret the Broker reads changed: probing it again"
+                );
+                ctx.probe_broker(&namespace, &broker.name_any());
+            }
+        }
+    }
+    now
+}
