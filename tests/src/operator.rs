@@ -56,6 +56,14 @@ impl Fixture {
 
     /// Sets everything up with the chart's RBAC in the given mode.
     pub async fn with_rbac(prefix: &str, rbac: Rbac) -> Option<Fixture> {
+        // The operator's logs, shown for a failing test (RUST_LOG picks the level; warn by default).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let plane = ControlPlane::shared()?;
         let ns = plane.namespace(prefix).await;
         let system = plane.namespace(&format!("{prefix}-system")).await;

@@ -429,3 +429,50 @@ pub async fn apply_topology(vhost: &str) {
         .expect("warren apply -f manifests/topology");
     assert!(report.succeeded(), "{}", report.summary());
 }
+
+/// A TCP forwarder on a free loopback port to `target`, for making a dependency disappear without
+/// touching it: [`TcpProxy::cut`] closes every connection and refuses new ones.
+pub struct TcpProxy {
+    /// `127.0.0.1:PORT` it listens on.
+    pub address: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `target` (`host:port`).
+    pub async fn start(target: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("local address");
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = tokio_util::sync::CancellationToken::new();
+        let target = target.to_owned();
+        let (flag, stop) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed at once
+                }
+                let (target, stop) = (target.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { address, open, cut }
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.cancel();
+    }
+}

@@ -392,3 +392,406 @@ async fn a_standby_operator_takes_over_when_the_leader_stops() {
             .await;
     }
 }
+
+/// The Broker of manifests/topology, pointed at `management_url`.
+fn broker_at(f: &Fixture, management_url: &str) -> Value {
+    let mut broker = f.topology_manifests()[0].clone();
+    assert_eq!(broker["kind"], "Broker");
+    broker["spec"]["managementUrl"] = json!(management_url);
+    broker
+}
+
+fn queue_named(f: &Fixture, resource_name: &str, queue: &str) -> Value {
+    let mut object = resource("Queue", resource_name, spec_of("Queue", &f.vhost.name));
+    object["spec"]["name"] = json!(queue);
+    object
+}
+
+fn reason_of(object: &Value, type_: &str) -> String {
+    warren_tests::operator::condition(object, type_)
+        .map(|c| {
+            format!(
+                "{}/{}",
+                c["status"].as_str().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Events about one object, as `reason: note` lines, Warnings only when `warnings`.
+async fn events_of(f: &Fixture, name: &str, warnings: bool) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(f.admin.clone(), f.namespace());
+    events
+        .list(&Default::default())
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| !warnings || e.type_.as_deref() == Some("Warning"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_claimant_of_one_queue_is_a_duplicate_and_never_deletes_it() {
+    let f = fixture!("duplicate");
+    let operator = f.start_operator("warren-0").await;
+    let broker = f.topology_manifests()[0].clone();
+    f.apply(&[broker]).await;
+    f.apply(&[queue_named(&f, "first", "shared")]).await;
+    f.wait_condition("Queue", "first", "Ready", "True", None)
+        .await;
+    f.apply(&[queue_named(&f, "second", "shared")]).await;
+    let second = f
+        .wait_condition("Queue", "second", "Ready", "False", Some("Duplicate"))
+        .await;
+    let message = warren_tests::operator::condition(&second, "Ready")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains(&format!("Queue {}/first", f.namespace())),
+        "names the owner: {message}"
+    );
+    assert_eq!(reason_of(&second, "Stalled"), "True/Duplicate");
+    // The owner is not disturbed.
+    let first = f.get("Queue", "first").await.unwrap_or_default();
+    assert_eq!(reason_of(&first, "Ready"), "True/Created");
+
+    // Deleting the owner leaves the queue to the other claimant, which takes it over.
+    f.vhost.publish("", "shared", b"keep me", Some("m-1")).await;
+    f.delete("Queue", "first").await;
+    f.wait_for("Queue", "first", "deletion", Duration::from_secs(30), |o| {
+        o.is_none()
+    })
+    .await;
+    assert!(f.rabbitmq_queues().await.contains(&"shared".to_owned()));
+    f.wait_condition("Queue", "second", "Ready", "True", None)
+        .await;
+    assert_eq!(
+        f.vhost.ready_messages("shared").await,
+        1,
+        "its message is still there"
+    );
+
+    // The last claimant deletes it.
+    f.delete("Queue", "second").await;
+    f.wait_for(
+        "Queue",
+        "second",
+        "deletion",
+        Duration::from_secs(30),
+        |o| o.is_none(),
+    )
+    .await;
+    assert!(!f.rabbitmq_queues().await.contains(&"shared".to_owned()));
+    f.delete("Broker", BROKER).await;
+    f.wait_for("Broker", BROKER, "deletion", Duration::from_secs(30), |o| {
+        o.is_none()
+    })
+    .await;
+    assert!(operator.stop().await.is_ok());
+}
+
+#[tokio::test]
+async fn after_a_restart_a_missing_secret_waits_the_grace_period_and_warns_what_is_left() {
+    let f = fixture!("restart");
+    let operator = f.start_operator("warren-0").await;
+    let broker = f.topology_manifests()[0].clone();
+    f.apply(&[broker, queue_named(&f, "orders", "orders.q")])
+        .await;
+    f.wait_condition("Queue", "orders", "Ready", "True", None)
+        .await;
+    assert!(operator.stop().await.is_ok());
+
+    // While the operator is down, the Secret goes first (as a namespace deletion does).
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(f.admin.clone(), f.namespace());
+    secrets
+        .delete(warren_tests::operator::CREDENTIALS, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete Secret: {e}"));
+    f.delete("Queue", "orders").await;
+    let grace = 8;
+    let operator = f
+        .start_operator_with("warren-1", |args| args.cleanup_grace_seconds = grace)
+        .await;
+    warren_tests::eventually(
+        Duration::from_secs(30),
+        "a CleanupFailed Warning",
+        || async {
+            events_of(&f, "orders", true)
+                .await
+                .iter()
+                .any(|e| e.starts_with("CleanupFailed"))
+        },
+    )
+    .await;
+    let queue = f.get("Queue", "orders").await;
+    assert!(
+        queue.is_some(),
+        "the finalizer is kept while the grace period runs"
+    );
+    let deleted_at: jiff::Timestamp = queue
+        .as_ref()
+        .and_then(|q| q["metadata"]["deletionTimestamp"].as_str())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("deletionTimestamp"));
+    f.wait_for(
+        "Queue",
+        "orders",
+        "release after the grace period",
+        Duration::from_secs(60),
+        |o| o.is_none(),
+    )
+    .await;
+    let waited = jiff::Timestamp::now().duration_since(deleted_at).as_secs();
+    assert!(
+        waited >= grace as i64,
+        "released after {waited}s, before the {grace}s grace"
+    );
+    let warnings = events_of(&f, "orders", true).await;
+    assert!(
+        warnings
+            .iter()
+            .any(|e| e.starts_with("CleanupAbandoned") && e.contains("orders.q")),
+        "a Warning names what is left: {warnings:?}"
+    );
+    assert!(
+        f.rabbitmq_queues().await.contains(&"orders.q".to_owned()),
+        "left behind, as the Event says"
+    );
+    // Put the Secret back so the Broker can go.
+    f.credentials_secret("guest", "guest").await;
+    f.delete("Broker", BROKER).await;
+    f.wait_for("Broker", BROKER, "deletion", Duration::from_secs(30), |o| {
+        o.is_none()
+    })
+    .await;
+    assert!(operator.stop().await.is_ok());
+}
+
+#[tokio::test]
+async fn kstatus_conditions_tell_progress_from_stalled_and_kubectl_wait_reads_them() {
+    let f = fixture!("kstatus");
+    let operator = f.start_operator("warren-0").await;
+    // No Broker yet: the user must act.
+    f.apply(&[queue_named(&f, "orphan", "orphan")]).await;
+    let orphan = f
+        .wait_condition("Queue", "orphan", "Stalled", "True", Some("BrokerNotFound"))
+        .await;
+    assert_eq!(reason_of(&orphan, "Ready"), "False/BrokerNotFound");
+    assert_eq!(reason_of(&orphan, "Reconciling"), "");
+    let (ok, out) = f.kubectl(&[
+        "wait",
+        "--for=condition=Stalled",
+        "queue/orphan",
+        "--timeout=10s",
+    ]);
+    assert!(ok, "{out}");
+
+    // A queue that differs in RabbitMQ: a Conflict, stalled.
+    f.vhost
+        .mgmt
+        .declare_queue(&f.vhost.name, "taken", json!({"x-max-length": 3}))
+        .await;
+    f.apply(&[broker_at(&f, &warren_messaging::config::management_url())])
+        .await;
+    f.apply(&[queue_named(&f, "taken", "taken")]).await;
+    let taken = f
+        .wait_condition("Queue", "taken", "Stalled", "True", Some("Conflict"))
+        .await;
+    assert_eq!(reason_of(&taken, "Ready"), "False/Conflict");
+    // The orphan now has its Broker: done, no abnormal condition left.
+    let orphan = f
+        .wait_condition("Queue", "orphan", "Ready", "True", None)
+        .await;
+    assert_eq!(reason_of(&orphan, "Stalled"), "");
+    assert_eq!(reason_of(&orphan, "Reconciling"), "");
+
+    // A broker that does not answer: in progress (Warren retries), not stalled.
+    let proxy = warren_tests::support::TcpProxy::start("127.0.0.1:15672").await;
+    proxy.cut();
+    let mut far = broker_at(&f, &format!("http://{}", proxy.address));
+    far["metadata"]["name"] = json!("far");
+    let mut queue = queue_named(&f, "far", "far");
+    queue["spec"]["brokerRef"]["name"] = json!("far");
+    f.apply(&[far, queue]).await;
+    let far = f
+        .wait_condition(
+            "Queue",
+            "far",
+            "Reconciling",
+            "True",
+            Some("BrokerUnreachable"),
+        )
+        .await;
+    assert_eq!(reason_of(&far, "Stalled"), "");
+    // Warren left alone what it did not declare; cleanup for the rest.
+    for name in ["far", "taken", "orphan"] {
+        f.delete("Queue", name).await;
+    }
+    for name in ["taken", "orphan"] {
+        f.wait_for("Queue", name, "deletion", Duration::from_secs(30), |o| {
+            o.is_none()
+        })
+        .await;
+    }
+    assert!(
+        f.rabbitmq_queues().await.contains(&"taken".to_owned()),
+        "not Warren's to delete"
+    );
+    assert!(operator.stop().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_fixed_secret_and_an_unreachable_broker_show_within_seconds_not_at_resync() {
+    let f = fixture!("secret");
+    f.credentials_secret("guest", "wrong").await;
+    // A resync far beyond the test: only the Secret poll and the dependants can act in time.
+    let operator = f
+        .start_operator_with("warren-0", |args| args.resync_seconds = 600)
+        .await;
+    let proxy = warren_tests::support::TcpProxy::start("127.0.0.1:15672").await;
+    f.apply(&[broker_at(&f, &format!("http://{}", proxy.address))])
+        .await;
+    f.apply(&[queue_named(&f, "orders", "orders.q")]).await;
+    f.wait_condition("Broker", BROKER, "Ready", "False", Some("Unauthorized"))
+        .await;
+    f.wait_condition("Queue", "orders", "Ready", "False", None)
+        .await;
+
+    f.credentials_secret("guest", "guest").await;
+    let fixed = std::time::Instant::now();
+    f.wait_condition("Broker", BROKER, "Ready", "True", Some("Reachable"))
+        .await;
+    f.wait_condition("Queue", "orders", "Ready", "True", None)
+        .await;
+    assert!(
+        fixed.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        fixed.elapsed()
+    );
+
+    // RabbitMQ goes away for this Broker; a change to the Queue finds out first, and the
+    // Broker's status follows at once instead of saying Reachable until its next probe.
+    proxy.cut();
+    f.api("Queue")
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"deletionPolicy": "retain"}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("patch: {e}"));
+    f.wait_condition(
+        "Queue",
+        "orders",
+        "Ready",
+        "False",
+        Some("BrokerUnreachable"),
+    )
+    .await;
+    f.wait_condition("Broker", BROKER, "Ready", "False", Some("Unreachable"))
+        .await;
+    // Teardown without RabbitMQ: nothing holds the namespace.
+    for (kind, name) in [("Queue", "orders"), ("Broker", BROKER)] {
+        let _ = f
+            .api(kind)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+    }
+    assert!(operator.stop().await.is_ok());
+}
+
+#[tokio::test]
+async fn deleting_a_resource_in_conflict_deletes_the_queue_warren_created_and_nothing_else() {
+    let f = fixture!("created");
+    let operator = f.start_operator("warren-0").await;
+    f.apply(&[broker_at(&f, &warren_messaging::config::management_url())])
+        .await;
+    let mut queue = queue_named(&f, "edited", "edited");
+    queue["spec"]["arguments"] = json!({"x-max-length-bytes": 1000});
+    f.apply(&[queue.clone()]).await;
+    let created = f
+        .wait_condition("Queue", "edited", "Ready", "True", Some("Created"))
+        .await;
+    assert_eq!(
+        created["status"]["created"]["arguments"],
+        json!({"x-max-length-bytes": 1000}),
+        "{created}"
+    );
+    // The finalizer was added by server-side apply under Warren's own field manager.
+    let managers: Vec<String> = created["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["fieldsV1"]["f:metadata"]["f:finalizers"].is_object())
+        .filter_map(|m| m["manager"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(managers, ["warren-operator-finalizer"]);
+
+    queue["spec"]["arguments"] = json!({"x-max-length-bytes": 2000});
+    f.apply(&[queue]).await;
+    f.wait_condition("Queue", "edited", "Ready", "False", Some("Conflict"))
+        .await;
+    f.delete("Queue", "edited").await;
+    f.wait_for(
+        "Queue",
+        "edited",
+        "deletion",
+        Duration::from_secs(30),
+        |o| o.is_none(),
+    )
+    .await;
+    assert!(
+        !f.rabbitmq_queues().await.contains(&"edited".to_owned()),
+        "the queue Warren created went with its resource"
+    );
+    assert!(operator.stop().await.is_ok());
+}
+
+#[tokio::test]
+async fn status_writes_do_not_start_reconciles_that_rewrite_them() {
+    let f = fixture!("quiet");
+    let operator = f
+        .start_operator_with("warren-0", |args| args.resync_seconds = 2)
+        .await;
+    f.apply(&[broker_at(&f, &warren_messaging::config::management_url())])
+        .await;
+    f.apply(&[queue_named(&f, "calm", "calm")]).await;
+    let created = f
+        .wait_condition("Queue", "calm", "Ready", "True", Some("Created"))
+        .await;
+    let version = created["metadata"]["resourceVersion"].clone();
+    // Over three resync periods nothing changes, so nothing is written: the reason still says
+    // what Warren did (Created), and the resourceVersion is the same.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let now = f.get("Queue", "calm").await.unwrap_or_default();
+        assert_eq!(
+            now["metadata"]["resourceVersion"], version,
+            "rewritten: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    f.delete("Queue", "calm").await;
+    f.wait_for("Queue", "calm", "deletion", Duration::from_secs(30), |o| {
+        o.is_none()
+    })
+    .await;
+    assert!(operator.stop().await.is_ok());
+}

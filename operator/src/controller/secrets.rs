@@ -24,6 +24,14 @@ pub fn referenced(broker: &Broker) -> Vec<String> {
     names
 }
 
+fn is_ready(broker: &Broker) -> bool {
+    broker
+        .status
+        .as_ref()
+        .and_then(|s| crate::crd::status::ready(&s.conditions))
+        .is_some_and(|c| c.status == "True")
+}
+
 /// `namespace/secret` → its resourceVersion (`None`: not found).
 type Seen = HashMap<(String, String), Option<String>>;
 
@@ -61,9 +69,14 @@ async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
                     }
                 }
             }
-            if let (Some(previous), Some(current)) = (before.get(&key), now.get(&key))
-                && previous != current
-            {
+            // A change since the last round; or a first sighting for a Broker that is not Ready,
+            // whose Secret may have been fixed between its last probe and this round.
+            let changed = match (before.get(&key), now.get(&key)) {
+                (Some(previous), Some(current)) => previous != current,
+                (None, Some(_)) => !is_ready(&broker),
+                _ => false,
+            };
+            if changed {
                 tracing::info!(
                     broker = %broker.name_any(),
                     namespace = %namespace,
