@@ -551,10 +551,11 @@ pub async fn export(
     management_url: &str,
     broker: &str,
     vhost: &str,
+    amqp_url: Option<&str>,
     options: &ApplyOptions,
 ) -> Result<String> {
     let api = HttpManagementApi::new(&connection(management_url, options)?)?;
-    export::export_yaml(&api, api.base_url(), broker, vhost).await
+    export::export_yaml(&api, api.base_url(), broker, vhost, amqp_url).await
 }
 
 /// Reconciles the resources in `paths` (files or directories) into their brokers.

@@ -14,6 +14,16 @@ struct Cli {
     command: Command,
 }
 
+/// How the file commands reach RabbitMQ besides `--management-url`: environment only, so no
+/// secret ever sits on a command line.
+const CONNECTION_ENV: &str = "\
+Environment:
+  WARREN_MANAGEMENT_URL                 management API for every Broker (as --management-url)
+  WARREN_RABBITMQ_USERNAME / _PASSWORD  management credentials (guest/guest only for a loopback URL)
+  WARREN_RABBITMQ_CA_FILE               PEM bundle of extra trusted CAs
+  WARREN_RABBITMQ_CLIENT_CERT_FILE / _CLIENT_KEY_FILE
+                                        PEM client certificate and key";
+
 #[derive(Subcommand)]
 enum Command {
     /// Print every CustomResourceDefinition as multi-document YAML (what crds/ holds).
@@ -21,33 +31,65 @@ enum Command {
     /// Reconcile Warren resources from files straight into RabbitMQ (no Kubernetes).
     ///
     /// Exit status: 0 when RabbitMQ matches the files, 2 on conflicts or errors.
-    Apply(FileArgs),
+    #[command(after_help = CONNECTION_ENV)]
+    Apply(ApplyArgs),
     /// Print what `apply` would do, changing nothing.
     ///
     /// Exit status: 0 when converged, 1 when there are changes or conflicts, 2 on errors.
-    Diff(FileArgs),
-    /// Delete from RabbitMQ what the files declare (except `deletionPolicy: retain`).
-    Delete(FileArgs),
+    #[command(after_help = CONNECTION_ENV)]
+    Diff(DiffArgs),
+    /// Delete from RabbitMQ what the files declare (except `deletionPolicy: retain`, and objects
+    /// that differ from the files: those are reported as conflicts and left in place).
+    ///
+    /// Exit status: 0 when everything is gone (or retained), 2 on conflicts or errors.
+    #[command(after_help = CONNECTION_ENV)]
+    Delete(DeleteArgs),
     /// Write a live vhost's topology as Warren resources (multi-document YAML on stdout).
+    #[command(after_help = CONNECTION_ENV)]
     Export(ExportArgs),
     /// Run the controllers in a cluster (leader election, /metrics, /healthz, /readyz).
     Operator(warren_operator::controller::OperatorArgs),
 }
 
+/// The files a command reads, where they go, and the broker override.
 #[derive(Args)]
-struct FileArgs {
+struct Files {
     /// File or directory (read recursively) of YAML documents; repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
-    /// Delete objects the files no longer hold, in the vhosts the files use.
-    #[arg(long)]
-    prune: bool,
     /// Put every resource in this vhost instead of its spec.vhost.
     #[arg(long)]
     vhost: Option<String>,
-    /// Show unchanged objects too (diff).
+    /// Management API to use for every Broker instead of its spec.managementUrl.
+    #[arg(long, env = "WARREN_MANAGEMENT_URL")]
+    management_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    files: Files,
+    /// Delete objects the files no longer hold, in the vhosts the files use.
+    #[arg(long)]
+    prune: bool,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    #[command(flatten)]
+    files: Files,
+    /// Plan deleting objects the files no longer hold, as `apply --prune` would.
+    #[arg(long)]
+    prune: bool,
+    /// Show unchanged objects too.
     #[arg(long)]
     all: bool,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    files: Files,
 }
 
 #[derive(Args)]
@@ -65,15 +107,21 @@ struct ExportArgs {
     /// Name of the Broker resource the exported objects refer to.
     #[arg(long, default_value = "local")]
     broker: String,
+    /// The exported Broker's amqpUrl; by default the management host with the node's AMQP port.
+    #[arg(long)]
+    amqp_url: Option<String>,
 }
 
 /// Exit status for errors, as `kubectl diff` uses it.
 const EXIT_ERROR: u8 = 2;
 
-fn options(args: &FileArgs) -> Result<ApplyOptions, warren_operator::Error> {
+fn options(args: &Files, prune: bool) -> Result<ApplyOptions, warren_operator::Error> {
     let mut options = ApplyOptions::from_env()?;
-    options.prune = args.prune;
+    options.prune = prune;
     options.vhost.clone_from(&args.vhost);
+    if args.management_url.is_some() {
+        options.management_url.clone_from(&args.management_url);
+    }
     Ok(options)
 }
 
@@ -104,29 +152,29 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::from(EXIT_ERROR)
             }
         },
-        Command::Apply(args) | Command::Delete(args) if args.all => {
-            eprintln!("error: --all only applies to diff");
-            ExitCode::from(EXIT_ERROR)
-        }
         Command::Apply(args) => {
-            let options = match options(&args) {
+            let options = match options(&args.files, args.prune) {
                 Ok(options) => options,
                 Err(error) => return fail(&error),
             };
-            match cli::apply_with_progress(&args.files, &options, &mut |step| println!("{step}"))
-                .await
+            match cli::apply_with_progress(&args.files.files, &options, &mut |step| {
+                println!("{step}")
+            })
+            .await
             {
                 Ok(report) => finish(&report),
                 Err(error) => fail(&error),
             }
         }
         Command::Delete(args) => {
-            let options = match options(&args) {
+            let options = match options(&args.files, false) {
                 Ok(options) => options,
                 Err(error) => return fail(&error),
             };
-            match cli::delete_with_progress(&args.files, &options, &mut |step| println!("{step}"))
-                .await
+            match cli::delete_with_progress(&args.files.files, &options, &mut |step| {
+                println!("{step}")
+            })
+            .await
             {
                 Ok(report) => finish(&report),
                 Err(error) => fail(&error),
@@ -135,7 +183,14 @@ async fn run(command: Command) -> ExitCode {
         Command::Export(args) => {
             let exported = match ApplyOptions::from_env() {
                 Ok(options) => {
-                    cli::export(&args.management_url, &args.broker, &args.vhost, &options).await
+                    cli::export(
+                        &args.management_url,
+                        &args.broker,
+                        &args.vhost,
+                        args.amqp_url.as_deref(),
+                        &options,
+                    )
+                    .await
                 }
                 Err(error) => Err(error),
             };
@@ -148,11 +203,11 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::Diff(args) => {
-            let options = match options(&args) {
+            let options = match options(&args.files, args.prune) {
                 Ok(options) => options,
                 Err(error) => return fail(&error),
             };
-            match cli::diff(&args.files, &options).await {
+            match cli::diff(&args.files.files, &options).await {
                 Ok(report) => {
                     print_skipped(&report);
                     for step in report

@@ -365,7 +365,7 @@ async fn delete_removes_objects_but_retains_what_asks_to_be_retained() {
             .is_some()
     );
 
-    // Deleting again finds nothing to do: a 404 counts as deleted.
+    // Deleting again finds nothing to do, and says the objects are absent, not "unchanged".
     let again = cli::delete(&paths, &sandbox.options())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -373,6 +373,46 @@ async fn delete_removes_objects_but_retains_what_asks_to_be_retained() {
         again.succeeded() && again.changes() == 0,
         "{}",
         lines(&again)
+    );
+    let text = lines(&again);
+    assert!(
+        text.contains("absent queue \"billing.scratch\"") && !text.contains("unchanged"),
+        "{text}"
+    );
+    assert!(again.summary().contains("3 absent"), "{}", again.summary());
+}
+
+#[tokio::test]
+async fn delete_leaves_a_queue_that_differs_from_the_files_like_the_operator_does() {
+    let sandbox = Sandbox::new("delete-conflict").await;
+    let api = &sandbox.api;
+    let vhost = &sandbox.vhost;
+    // Somebody else's queue of the same name, with other arguments.
+    let theirs = QueueDef {
+        vhost: vhost.clone(),
+        name: "billing.shared".into(),
+        queue_type: "classic".into(),
+        durable: true,
+        auto_delete: false,
+        arguments: serde_json::from_value(serde_json::json!({"x-max-length": 5}))
+            .unwrap_or_default(),
+    };
+    api.put_queue(&theirs)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let paths = sandbox.write(&queue("billing.shared", ""));
+    let report = cli::delete(&paths, &sandbox.options())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!report.succeeded(), "{}", lines(&report));
+    assert_eq!(report.conflicts(), 1, "{}", lines(&report));
+    assert!(lines(&report).contains("not deleted"), "{}", lines(&report));
+    assert!(
+        api.get_queue(vhost, "billing.shared")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_some(),
+        "still there with its messages"
     );
 }
 
@@ -540,6 +580,46 @@ fn warren(args: &[&str]) -> (i32, String, String) {
     (output.status.code().unwrap_or(-1), stdout, stderr)
 }
 
+#[test]
+fn each_subcommand_shows_only_its_own_options_and_the_environment_it_reads() {
+    let help = |command: &str| {
+        let (status, stdout, stderr) = warren(&[command, "--help"]);
+        assert_eq!(status, 0, "{stderr}");
+        stdout
+    };
+    let (apply, diff, delete, export) =
+        (help("apply"), help("diff"), help("delete"), help("export"));
+    assert!(
+        apply.contains("--prune") && !apply.contains("--all"),
+        "{apply}"
+    );
+    assert!(diff.contains("--prune") && diff.contains("--all"), "{diff}");
+    assert!(
+        !delete.contains("--prune") && !delete.contains("--all"),
+        "{delete}"
+    );
+    assert!(export.contains("--amqp-url"), "{export}");
+    for (name, text) in [
+        ("apply", &apply),
+        ("diff", &diff),
+        ("delete", &delete),
+        ("export", &export),
+    ] {
+        assert!(text.contains("--management-url"), "{name}: {text}");
+        for variable in [
+            "WARREN_MANAGEMENT_URL",
+            "WARREN_RABBITMQ_USERNAME",
+            "WARREN_RABBITMQ_CA_FILE",
+        ] {
+            assert!(text.contains(variable), "{name} names {variable}: {text}");
+        }
+    }
+    // An option of another subcommand is refused, not silently ignored.
+    let (status, _, stderr) = warren(&["delete", "-f", "x.yaml", "--prune"]);
+    assert_eq!(status, 2, "{stderr}");
+    assert!(stderr.contains("--prune"), "{stderr}");
+}
+
 #[tokio::test]
 async fn the_warren_command_exits_like_kubectl_diff_and_export_round_trips() {
     let sandbox = Sandbox::new("binary").await;
@@ -567,6 +647,10 @@ async fn the_warren_command_exits_like_kubectl_diff_and_export_round_trips() {
     // Exported YAML, applied back to the same vhost, is already converged.
     let (status, exported, stderr) = warren(&["export", "--vhost", vhost]);
     assert_eq!(status, 0, "{stderr}");
+    assert!(
+        exported.contains("amqpUrl: amqp://127.0.0.1:5672"),
+        "the Broker keeps its AMQP URL: {exported}"
+    );
     let file = sandbox.dir.join("exported.yaml");
     std::fs::write(&file, &exported).unwrap_or_else(|e| panic!("{e}"));
     let file = file.to_string_lossy();

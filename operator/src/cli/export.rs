@@ -20,13 +20,21 @@ pub const CREDENTIALS_SECRET: &str = "rabbitmq-credentials";
 
 /// Reads `vhost` and writes it as multi-document YAML: a Broker named `broker`, then its
 /// exchanges, queues, bindings and policies. RabbitMQ's own objects are left out.
+///
+/// The Broker's `amqpUrl` is `amqp_url` when given, else the management URL's host with the
+/// port of the node's AMQP listener (plain AMQP preferred, else AMQP over TLS).
 pub async fn export_yaml(
     api: &dyn ManagementApi,
     management_url: &str,
     broker: &str,
     vhost: &str,
+    amqp_url: Option<&str>,
 ) -> Result<String> {
     let observed = reconcile::observe(api, management_url, &[vhost.to_owned()]).await?;
+    let amqp_url = match amqp_url {
+        Some(url) => Some(url.to_owned()),
+        None => derived_amqp_url(management_url, &api.overview().await?),
+    };
     let broker_ref = BrokerRef {
         name: broker.to_owned(),
     };
@@ -38,7 +46,7 @@ pub async fn export_yaml(
         broker,
         BrokerSpec {
             management_url: management_url.to_owned(),
-            amqp_url: None,
+            amqp_url,
             credentials_secret_ref: SecretRef {
                 name: CREDENTIALS_SECRET.to_owned(),
             },
@@ -116,6 +124,22 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> Result<T> {
             "RabbitMQ reports {what} {value:?}, which Warren does not know"
         ))
     })
+}
+
+/// `amqp://HOST:PORT` (or `amqps://`) for the host of `management_url` and the node's listener.
+fn derived_amqp_url(management_url: &str, overview: &crate::rabbitmq::Overview) -> Option<String> {
+    let url = reqwest::Url::parse(management_url).ok()?;
+    let host = url.host_str()?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    match (overview.amqp_port, overview.amqps_port) {
+        (Some(port), _) => Some(format!("amqp://{host}:{port}")),
+        (None, Some(port)) => Some(format!("amqps://{host}:{port}")),
+        (None, None) => None,
+    }
 }
 
 fn exchange_spec(broker_ref: &BrokerRef, exchange: &ExchangeDef) -> Result<ExchangeSpec> {
@@ -259,7 +283,7 @@ mod tests {
         api.put_queue(&queue)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let yaml = export_yaml(&api, "http://127.0.0.1:15672", "local", "/")
+        let yaml = export_yaml(&api, "http://127.0.0.1:15672", "local", "/", None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!yaml.contains("amq."), "{yaml}");
@@ -274,5 +298,24 @@ mod tests {
         assert_eq!(spec.message_ttl, Some(1000));
         assert_eq!(spec.dead_letter_exchange.as_deref(), Some(""));
         assert_eq!(crate::topology::queue_def(&spec).ok(), Some(queue));
+        // The Broker keeps where its AMQP clients connect: the node's listener on that host.
+        let amqp_url = loaded.manifests.iter().find_map(|m| match &m.resource {
+            crate::manifest::Resource::Broker(b) => b.spec.amqp_url.clone(),
+            _ => None,
+        });
+        assert_eq!(amqp_url.as_deref(), Some("amqp://127.0.0.1:5672"));
+        let given = export_yaml(
+            &api,
+            "http://127.0.0.1:15672",
+            "local",
+            "/",
+            Some("amqps://mq.example:5671"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            given.contains("amqpUrl: amqps://mq.example:5671"),
+            "{given}"
+        );
     }
 }

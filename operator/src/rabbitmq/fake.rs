@@ -174,6 +174,8 @@ impl ManagementApi for FakeBroker {
         Ok(Overview {
             rabbitmq_version: "3.10.8".to_owned(),
             cluster_name: "fake@localhost".to_owned(),
+            amqp_port: Some(5672),
+            amqps_port: None,
         })
     }
 

@@ -233,6 +233,14 @@ fn text_of(value: &Value) -> String {
 struct WireOverview {
     rabbitmq_version: Option<String>,
     cluster_name: Option<String>,
+    #[serde(default)]
+    listeners: Vec<WireListener>,
+}
+
+#[derive(Deserialize)]
+struct WireListener {
+    protocol: String,
+    port: u16,
 }
 
 #[derive(Deserialize)]
@@ -359,9 +367,18 @@ pub(crate) fn queue_declaration(queue: &QueueDef) -> Value {
 impl ManagementApi for HttpManagementApi {
     async fn overview(&self) -> Result<Overview> {
         let overview: WireOverview = self.list_one("overview").await?;
+        let port = |protocol: &str| {
+            overview
+                .listeners
+                .iter()
+                .find(|l| l.protocol == protocol)
+                .map(|l| l.port)
+        };
         Ok(Overview {
-            rabbitmq_version: overview.rabbitmq_version.unwrap_or_default(),
-            cluster_name: overview.cluster_name.unwrap_or_default(),
+            rabbitmq_version: overview.rabbitmq_version.clone().unwrap_or_default(),
+            cluster_name: overview.cluster_name.clone().unwrap_or_default(),
+            amqp_port: port("amqp"),
+            amqps_port: port("amqp/ssl"),
         })
     }
 

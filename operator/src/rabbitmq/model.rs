@@ -107,6 +107,10 @@ pub struct Overview {
     pub rabbitmq_version: String,
     /// Cluster name.
     pub cluster_name: String,
+    /// Port of the node's AMQP listener (`amqp`, or `amqp/ssl` with `amqps_port`), when it has one.
+    pub amqp_port: Option<u16>,
+    /// Port of its AMQP-over-TLS listener, when it has one.
+    pub amqps_port: Option<u16>,
 }
 
 /// The default exchange and the `amq.*` ones belong to RabbitMQ: never declared, never deleted.
