@@ -9,6 +9,7 @@ pub mod plan;
 pub mod rabbitmq;
 pub mod reconcile;
 pub mod topology;
+pub mod workload;
 
 use std::path::PathBuf;
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_operator::controller::{HttpConnector, OperatorArgs, serve};
-use warren_operator::crd::{Binding, Broker, Exchange, Policy, Queue};
+use warren_operator::crd::{Binding, Broker, Exchange, Policy, Queue, Worker};
 
 use crate::envtest::{ControlPlane, TestNamespace, workspace};
 use crate::support::{TestVhost, management};
@@ -148,20 +148,29 @@ impl Fixture {
 
     /// (Re)writes the Broker's credentials Secret.
     pub async fn credentials_secret(&self, username: &str, password: &str) {
+        self.secret(
+            CREDENTIALS,
+            json!({"username": username, "password": password}),
+        )
+        .await;
+    }
+
+    /// (Re)writes a Secret in the test's namespace from `string_data`.
+    pub async fn secret(&self, name: &str, string_data: Value) {
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.ns.name);
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": CREDENTIALS},
-            "stringData": {"username": username, "password": password},
+            "metadata": {"name": name},
+            "stringData": string_data,
         });
         secrets
             .patch(
-                CREDENTIALS,
+                name,
                 &PatchParams::apply("warren-envtest").force(),
                 &Patch::Apply(&secret),
             )
             .await
-            .unwrap_or_else(|e| panic!("apply Secret {CREDENTIALS}: {e}"));
+            .unwrap_or_else(|e| panic!("apply Secret {name}: {e}"));
     }
 
     /// The objects of manifests/topology (Broker included), in file order, pointed at the test's
@@ -395,6 +404,7 @@ pub fn resource(kind: &str) -> ApiResource {
         "Queue" => ApiResource::erase::<Queue>(&()),
         "Binding" => ApiResource::erase::<Binding>(&()),
         "Policy" => ApiResource::erase::<Policy>(&()),
+        "Worker" => ApiResource::erase::<Worker>(&()),
         other => panic!("not a Warren kind: {other}"),
     }
 }

@@ -38,18 +38,21 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-What the operator may do with Warren's kinds, Secrets and Events, wherever it watches.
+What the operator may do with Warren's kinds, Secrets, Events and the workers' Deployments and
+Services, wherever it watches.
 Secrets: `get` only - the operator reads a Broker's credentials by name and never lists them.
+Deployments and Services: only those of Worker resources; their owner references let the
+garbage collector delete them, so the operator needs no `delete`.
 */}}
 {{- define "warren.watchRules" -}}
 - apiGroups: ["warren.dev"]
-  resources: ["brokers", "exchanges", "queues", "bindings", "policies"]
+  resources: ["brokers", "exchanges", "queues", "bindings", "policies", "workers"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["warren.dev"]
-  resources: ["brokers/status", "exchanges/status", "queues/status", "bindings/status", "policies/status"]
+  resources: ["brokers/status", "exchanges/status", "queues/status", "bindings/status", "policies/status", "workers/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["warren.dev"]
-  resources: ["brokers/finalizers", "exchanges/finalizers", "queues/finalizers", "bindings/finalizers", "policies/finalizers"]
+  resources: ["brokers/finalizers", "exchanges/finalizers", "queues/finalizers", "bindings/finalizers", "policies/finalizers", "workers/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
@@ -57,4 +60,10 @@ Secrets: `get` only - the operator reads a Broker's credentials by name and neve
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}

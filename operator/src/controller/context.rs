@@ -16,7 +16,7 @@ use super::REPORTING_CONTROLLER;
 use super::claims::Stores;
 use super::connect::BrokerConnector;
 use super::metrics::Metrics;
-use crate::crd::Broker;
+use crate::crd::{Broker, Worker};
 use crate::rabbitmq::BrokerConnection;
 
 /// Timing of the controllers.
@@ -64,6 +64,8 @@ pub struct Context {
     pub stores: Stores,
     /// Brokers to probe again now (a dependant could not reach RabbitMQ, a Secret changed).
     probes: broadcast::Sender<ObjectRef<Broker>>,
+    /// Workers to reconcile now (a Secret they read changed).
+    workers: broadcast::Sender<ObjectRef<Worker>>,
     failures: Mutex<HashMap<String, u32>>,
     /// The last connection that could be assembled per Broker (namespace/name/uid), so cleanup
     /// still reaches RabbitMQ when a namespace deletion removed the credentials Secret first.
@@ -91,6 +93,7 @@ impl Context {
             settings,
             stores: Stores::default(),
             probes: broadcast::channel(1024).0,
+            workers: broadcast::channel(1024).0,
             failures: Mutex::new(HashMap::new()),
             remembered: Mutex::new(HashMap::new()),
         }
@@ -105,6 +108,16 @@ impl Context {
     /// The Brokers to probe now, for one Broker controller.
     pub fn broker_probes(&self) -> broadcast::Receiver<ObjectRef<Broker>> {
         self.probes.subscribe()
+    }
+
+    /// Asks the Worker controllers to reconcile `namespace/name` now.
+    pub fn trigger_worker(&self, namespace: &str, name: &str) {
+        let _ = self.workers.send(ObjectRef::new(name).within(namespace));
+    }
+
+    /// The Workers to reconcile now, for one Worker controller.
+    pub fn worker_triggers(&self) -> broadcast::Receiver<ObjectRef<Worker>> {
+        self.workers.subscribe()
     }
 
     /// Remembers how `broker` (namespace/name/uid) was last reached.

@@ -19,6 +19,7 @@ mod secrets;
 mod server;
 mod status;
 mod topology;
+mod worker;
 
 pub use broker::reconcile_broker;
 pub use connect::{BrokerConnector, HttpConnector, broker_connection};
@@ -29,6 +30,7 @@ pub use metrics::Metrics;
 pub use operator::{OperatorArgs, check_crds, run, run_controllers, serve};
 pub use server::{Probes, router};
 pub use topology::{error_policy, observe_one, reconcile};
+pub use worker::{TOPOLOGY_READY, reconcile_worker};
 
 /// Finalizer on every Warren resource: deleting a topology resource deletes its RabbitMQ object,
 /// and a deleted Broker waits until the resources naming it are gone.

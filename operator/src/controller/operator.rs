@@ -20,7 +20,7 @@ use super::leader::{LeaderElector, Leadership};
 use super::metrics::Metrics;
 use super::server::{Probes, router};
 use super::{broker, topology};
-use crate::crd::{Binding, Broker, DestinationType, Exchange, Policy, Queue};
+use crate::crd::{Binding, Broker, DestinationType, Exchange, Policy, Queue, Worker};
 use crate::{Error, Result};
 
 /// Flags of `warren operator` (each also readable from the environment, as the chart sets them).
@@ -209,6 +209,7 @@ pub async fn check_crds(client: &Client, scopes: &[Option<String>]) -> Result<()
         check_crd::<Queue>(client, scope).await?;
         check_crd::<Binding>(client, scope).await?;
         check_crd::<Policy>(client, scope).await?;
+        check_crd::<Worker>(client, scope).await?;
     }
     Ok(())
 }
@@ -427,6 +428,7 @@ pub async fn run_controllers(
             &stop,
             binding_watches,
         ));
+        controllers.push(worker_controller(&ctx, scope, &config, &stop));
     }
     futures::future::join_all(controllers).await;
 }
@@ -473,6 +475,106 @@ fn topology_controller<K: TopologyKind>(
             ),
     )
     .boxed()
+}
+
+/// The Worker controller: owns Deployments and Services, and looks again when a Queue, Exchange
+/// or Broker it names changes (Ready, backlog) or a Secret it reads does.
+fn worker_controller(
+    ctx: &Arc<Context>,
+    scope: &Option<String>,
+    config: &ControllerConfig,
+    stop: &CancellationToken,
+) -> BoxFuture<'static, ()> {
+    let client = &ctx.client;
+    let controller = Controller::new(
+        scoped::<Worker>(client, scope),
+        watcher::Config::default().any_semantic(),
+    );
+    ctx.stores.add(controller.store());
+    let (for_queues, for_exchanges, for_brokers) =
+        (controller.store(), controller.store(), controller.store());
+    let owned = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=warren-operator,app.kubernetes.io/component=worker")
+        .any_semantic();
+    drain(
+        "Worker",
+        controller
+            .owns(
+                scoped::<k8s_openapi::api::apps::v1::Deployment>(client, scope),
+                owned.clone(),
+            )
+            .owns(
+                scoped::<k8s_openapi::api::core::v1::Service>(client, scope),
+                owned,
+            )
+            .watches(
+                scoped::<Queue>(client, scope),
+                watcher::Config::default().any_semantic(),
+                move |queue: Queue| {
+                    workers_naming(&for_queues, queue.namespace(), |w| {
+                        w.spec.consumes.contains(&queue.name_any())
+                    })
+                },
+            )
+            .watches(
+                scoped::<Exchange>(client, scope),
+                watcher::Config::default().any_semantic(),
+                move |exchange: Exchange| {
+                    workers_naming(&for_exchanges, exchange.namespace(), |w| {
+                        w.spec.publishes_to.contains(&exchange.name_any())
+                    })
+                },
+            )
+            .watches(
+                scoped::<Broker>(client, scope),
+                watcher::Config::default().any_semantic(),
+                move |broker: Broker| {
+                    workers_naming(&for_brokers, broker.namespace(), |w| {
+                        w.spec.broker_ref.name == broker.name_any()
+                    })
+                },
+            )
+            .reconcile_on(worker_triggers(ctx, scope))
+            .with_config(config.clone())
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(
+                super::worker::reconcile_worker,
+                topology::error_policy::<Worker>,
+                ctx.clone(),
+            ),
+    )
+    .boxed()
+}
+
+/// Workers of `store` in `namespace` for which `names` holds.
+fn workers_naming(
+    store: &Store<Worker>,
+    namespace: Option<String>,
+    names: impl Fn(&Worker) -> bool,
+) -> Vec<ObjectRef<Worker>> {
+    store
+        .state_filter(|w| w.namespace() == namespace && names(w))
+        .iter()
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
+}
+
+/// The Workers in `scope` that [`Context::trigger_worker`] asks to reconcile now.
+fn worker_triggers(
+    ctx: &Context,
+    scope: &Option<String>,
+) -> impl futures::Stream<Item = ObjectRef<Worker>> + Send + 'static {
+    let scope = scope.clone();
+    futures::stream::unfold(ctx.worker_triggers(), |mut triggers| async move {
+        loop {
+            match triggers.recv().await {
+                Ok(worker) => return Some((worker, triggers)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |worker| futures::future::ready(scope.is_none() || worker.namespace == scope))
 }
 
 /// The Brokers in `scope` that [`Context::probe_broker`] asks to probe now.

@@ -46,3 +46,12 @@ pub const UNREACHABLE: &str = "Unreachable";
 pub const UNAUTHORIZED: &str = "Unauthorized";
 /// Broker: its Secret, TLS material or URL is missing or malformed.
 pub const CONFIG_INVALID: &str = "ConfigInvalid";
+
+/// Worker: the Queues or Exchanges it names are not all Ready; it runs no replicas until they are.
+pub const TOPOLOGY_NOT_READY: &str = "TopologyNotReady";
+/// Worker: its Deployment is rolling out (not every replica is updated and ready yet).
+pub const ROLLING_OUT: &str = "RollingOut";
+/// Worker: every replica it asked for is updated and ready.
+pub const AVAILABLE: &str = "Available";
+/// Worker: its replica count changed (the Event says why).
+pub const SCALED: &str = "Scaled";

@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use crate::crd::Broker;
+use crate::crd::{Broker, Worker};
 
 /// The Secrets a Broker reads: credentials, and its TLS material when set.
 pub fn referenced(broker: &Broker) -> Vec<String> {
@@ -49,25 +49,63 @@ pub async fn poll_broker_secrets(ctx: Arc<Context>, stop: CancellationToken) {
 
 async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
     let mut now = Seen::new();
+    poll_brokers(ctx, before, &mut now).await;
+    // A Worker's pods read its Broker's credentials and its database Secret: a change rolls them.
+    for worker in ctx.stores.all::<Worker>() {
+        let namespace = worker.namespace().unwrap_or_default();
+        let broker = ctx.stores.all::<Broker>().into_iter().find(|b| {
+            b.namespace().as_deref() == Some(&namespace)
+                && b.name_any() == worker.spec.broker_ref.name
+        });
+        let mut names = vec![worker.spec.database.secret_ref.name.clone()];
+        names.extend(broker.map(|b| b.spec.credentials_secret_ref.name.clone()));
+        for name in names {
+            let key = (namespace.clone(), name);
+            if !now.contains_key(&key) {
+                let Some(version) = read(ctx, &key).await else {
+                    if let Some(known) = before.get(&key) {
+                        now.insert(key.clone(), known.clone());
+                    }
+                    continue;
+                };
+                now.insert(key.clone(), version);
+            }
+            if let (Some(previous), Some(current)) = (before.get(&key), now.get(&key))
+                && previous != current
+            {
+                ctx.trigger_worker(&namespace, &worker.name_any());
+            }
+        }
+    }
+    now
+}
+
+/// The resourceVersion of `namespace/name` (`Some(None)`: not found; `None`: could not read).
+async fn read(ctx: &Context, key: &(String, String)) -> Option<Option<String>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &key.0);
+    match secrets.get_metadata_opt(&key.1).await {
+        Ok(found) => Some(found.and_then(|s| s.resource_version())),
+        Err(error) => {
+            // Keep what was known; the next round tries again.
+            tracing::debug!(secret = %key.1, namespace = %key.0, error = %error, "cannot read a Secret");
+            None
+        }
+    }
+}
+
+async fn poll_brokers(ctx: &Context, before: &Seen, now: &mut Seen) {
     for broker in ctx.stores.all::<Broker>() {
         let namespace = broker.namespace().unwrap_or_default();
         for name in referenced(&broker) {
             let key = (namespace.clone(), name);
             if !now.contains_key(&key) {
-                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-                match secrets.get_metadata_opt(&key.1).await {
-                    Ok(found) => {
-                        now.insert(key.clone(), found.and_then(|s| s.resource_version()));
+                let Some(version) = read(ctx, &key).await else {
+                    if let Some(known) = before.get(&key) {
+                        now.insert(key.clone(), known.clone());
                     }
-                    Err(error) => {
-                        // Keep what was known; the next round tries again.
-                        tracing::debug!(secret = %key.1, namespace = %key.0, error = %error, "cannot read a Broker's Secret");
-                        if let Some(known) = before.get(&key) {
-                            now.insert(key.clone(), known.clone());
-                        }
-                        continue;
-                    }
-                }
+                    continue;
+                };
+                now.insert(key.clone(), version);
             }
             // A change since the last round; or a first sighting for a Broker that is not Ready,
             // whose Secret may have been fixed between its last probe and this round.
@@ -87,5 +125,4 @@ async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
             }
         }
     }
-    now
 }

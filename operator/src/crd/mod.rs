@@ -8,6 +8,7 @@ pub mod policy;
 pub mod queue;
 pub mod schema;
 pub mod status;
+pub mod worker;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,7 @@ pub use queue::{Overflow, Queue, QueueSpec, QueueStatus, QueueType};
 pub use status::{
     BindingStatus, CreatedObject, DeclaredBinding, READY, RECONCILING, STALLED, TopologyStatus,
 };
+pub use worker::{Worker, WorkerKind, WorkerSpec, WorkerStatus};
 
 /// API group of every Warren kind.
 pub const GROUP: &str = "warren.dev";
@@ -45,6 +47,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Queue::crd(),
         Binding::crd(),
         Policy::crd(),
+        Worker::crd(),
     ]
 }
 
@@ -294,6 +297,10 @@ mod tests {
                 Some(&Value::from("object")),
                 "{path}: free-form must be an object"
             );
+            return;
+        }
+        // Quantities (a Worker's resources, env divisor): the API server's own untyped form.
+        if object.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
             return;
         }
         let Some(schema_type) = object.get("type").and_then(Value::as_str) else {
