@@ -12,10 +12,12 @@ cd "$(dirname "$0")/.."
 venv=$(scripts/chart-venv.sh)
 
 infra=$(mktemp)
-trap 'rm -f "$infra"' EXIT
+workers=$(mktemp)
+trap 'rm -f "$infra" "$workers"' EXIT
 "$venv/bin/kubectl" kustomize manifests/infra >"$infra"
+"$venv/bin/kubectl" kustomize manifests/workers >"$workers"
 
-"$venv/bin/python" - charts/warren "$infra" <<'PY'
+"$venv/bin/python" - charts/warren "$infra" "$workers" <<'PY'
 import sys
 
 import helm_python as helm
@@ -24,10 +26,15 @@ import yaml
 
 CHART = sys.argv[1]
 INFRA = sys.argv[2]
+WORKERS = sys.argv[3]
 KUBE = "1.36.0"
 # Kinds whose schema kubernetes-validate does not ship (custom resources; Warren's own are
 # checked by the Rust tests that parse the manifests).
-FOREIGN = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("warren.dev/v1alpha1", "Broker")}
+FOREIGN = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("warren.dev/v1alpha1", "Broker"),
+    ("warren.dev/v1alpha1", "Worker"),
+}
 
 VALUE_SETS = {
     "defaults": {},
@@ -158,6 +165,14 @@ with open(INFRA) as stream:
         validate("manifests/infra", obj["kind"], obj)
     if len(failures) == before:
         print(f"ok   manifests/infra: {len(infra)} objects built with kustomize and validated")
+
+with open(WORKERS) as stream:
+    before = len(failures)
+    workers = [doc for doc in yaml.safe_load_all(stream) if doc]
+    for obj in workers:
+        validate("manifests/workers", obj["kind"], obj)
+    if len(failures) == before:
+        print(f"ok   manifests/workers: {len(workers)} objects built with kustomize and validated")
 
 if failures:
     print(f"chart-check: {len(failures)} problem(s)")

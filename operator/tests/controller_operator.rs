@@ -64,7 +64,14 @@ async fn missing_crds_stop_the_operator_with_an_install_hint() {
 async fn installed_crds_pass_the_check_for_all_namespaces() {
     let (client, mut api) = client();
     let (result, ()) = tokio::join!(check_crds(&client, &[None]), async {
-        for plural in ["brokers", "exchanges", "queues", "bindings", "policies", "workers"] {
+        for plural in [
+            "brokers",
+            "exchanges",
+            "queues",
+            "bindings",
+            "policies",
+            "workers",
+        ] {
             api.answer(
                 Method::GET,
                 &format!("/apis/warren.dev/v1alpha1/{plural}?&limit=1"),

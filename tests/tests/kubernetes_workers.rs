@@ -292,3 +292,66 @@ async fn a_worker_scales_on_its_queues_real_backlog() {
     f.delete("Worker", "orders").await;
     assert!(operator.stop().await.is_ok());
 }
+
+/// Objects the real API server accepts with `--dry-run=server` (admission, schemas, CEL), as
+/// `kubectl apply` output lines; panics with kubectl's words otherwise.
+fn dry_run(f: &Fixture, label: &str, objects: &[Value]) -> String {
+    let file = std::env::temp_dir().join(format!("{}-{label}.json", f.namespace()));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    std::fs::write(&file, list.to_string()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let (ok, out) = f.kubectl(&["apply", "--dry-run=server", "-f", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(ok, "{label}: the API server refused: {out}");
+    out
+}
+
+#[tokio::test]
+async fn the_rendered_chart_and_manifests_workers_are_accepted_by_the_api_server() {
+    let f = fixture!("dryrun");
+    let value_sets = [
+        ("defaults", json!({})),
+        ("namespaced", json!({"watchNamespaces": [f.namespace()]})),
+        (
+            "everything-on",
+            json!({"networkPolicy": {"enabled": true}, "podAnnotations": {"a": "b"}}),
+        ),
+    ];
+    for (label, values) in value_sets {
+        let objects: Vec<Value> = warren_tests::chart::render("warren", f.namespace(), &values)
+            .into_iter()
+            // The Prometheus Operator's kinds are not installed here.
+            .filter(|o| {
+                o["apiVersion"]
+                    .as_str()
+                    .is_some_and(|v| !v.starts_with("monitoring.coreos.com"))
+            })
+            .collect();
+        let out = dry_run(&f, label, &objects);
+        assert!(
+            out.contains("deployment.apps/warren created (server dry run)"),
+            "{label}: {out}"
+        );
+    }
+    // manifests/workers, as kustomize builds it, into this namespace.
+    let dir = warren_tests::envtest::workspace().join("manifests/workers");
+    let built = f.ns.plane().kubectl(&["kustomize", &dir.to_string_lossy()]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let objects: Vec<Value> =
+        serde_saphyr::from_multiple::<Value>(&String::from_utf8_lossy(&built.stdout))
+            .unwrap_or_else(|e| panic!("kustomize output: {e}"))
+            .into_iter()
+            .filter(Value::is_object)
+            .map(|mut o| {
+                o["metadata"]["namespace"] = json!(f.namespace());
+                o
+            })
+            .collect();
+    let out = dry_run(&f, "workers", &objects);
+    for name in ["worker.warren.dev/orders", "worker.warren.dev/inventory"] {
+        assert!(out.contains(name), "{out}");
+    }
+}

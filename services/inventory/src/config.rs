@@ -56,8 +56,8 @@ impl Config {
     /// Like [`Config::from_env`] with `lookup` standing in for the environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let amqp_url = get("WARREN_AMQP_URL")
-            .unwrap_or_else(|| warren_messaging::config::DEFAULT_AMQP_URL.to_owned());
+        // With WARREN_AMQP_USERNAME / WARREN_AMQP_PASSWORD (the Broker's Secret on Kubernetes).
+        let amqp_url = warren_messaging::config::amqp_url_from(&lookup);
         let database_url =
             get("WARREN_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
         let mut config = Config::new(&amqp_url, &database_url);

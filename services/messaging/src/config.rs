@@ -33,6 +33,41 @@ pub fn management_url() -> String {
     env_or("WARREN_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL)
 }
 
+/// `WARREN_AMQP_URL` as a worker reads it: when `WARREN_AMQP_USERNAME` and
+/// `WARREN_AMQP_PASSWORD` are both set (on Kubernetes they come from the Broker's Secret), they
+/// replace the URL's user info, so a password never has to sit in the URL or be URL-encoded by
+/// hand. `lookup` stands in for the environment.
+pub fn amqp_url_from(lookup: impl Fn(&str) -> Option<String>) -> String {
+    let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    let url = get("WARREN_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+    match (get("WARREN_AMQP_USERNAME"), get("WARREN_AMQP_PASSWORD")) {
+        // `kubectl create secret --from-file` keeps a trailing newline no credential has.
+        (Some(user), Some(password)) => with_credentials(
+            &url,
+            user.trim_end_matches(['\r', '\n']),
+            password.trim_end_matches(['\r', '\n']),
+        ),
+        _ => url,
+    }
+}
+
+/// `amqp_url` with `username` and `password` (percent-encoded) as its user info.
+pub fn with_credentials(amqp_url: &str, username: &str, password: &str) -> String {
+    let (scheme, rest) = amqp_url.split_once("://").unwrap_or(("amqp", amqp_url));
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!(
+        "{scheme}://{}:{}@{host}{path}",
+        urlencoding::encode(username),
+        urlencoding::encode(password)
+    )
+}
+
 /// `url` with any password replaced by `***`, for logs.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -68,6 +103,35 @@ mod tests {
         assert_eq!(
             redact("postgres://postgres@h/db"),
             "postgres://postgres@h/db"
+        );
+    }
+
+    #[test]
+    fn credentials_from_the_environment_replace_the_urls_own() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(
+            amqp_url_from(env(&[
+                ("WARREN_AMQP_URL", "amqp://rabbitmq:5672/orders%2Fv"),
+                ("WARREN_AMQP_USERNAME", "warren"),
+                ("WARREN_AMQP_PASSWORD", "p@ss:w/rd\n"),
+            ])),
+            "amqp://warren:p%40ss%3Aw%2Frd@rabbitmq:5672/orders%2Fv"
+        );
+        assert_eq!(
+            amqp_url_from(env(&[("WARREN_AMQP_URL", "amqp://u:p@h:5672/%2f")])),
+            "amqp://u:p@h:5672/%2f",
+            "no credentials in the environment: the URL as it is"
+        );
+        assert_eq!(
+            with_credentials("amqp://old:pw@h:5672", "a", "b"),
+            "amqp://a:b@h:5672"
         );
     }
 

@@ -57,7 +57,8 @@ impl Config {
         }
     }
 
-    /// Reads `WARREN_AMQP_URL`, `WARREN_DATABASE_URL`, `WARREN_DATABASE_MAX_CONNECTIONS`,
+    /// Reads `WARREN_AMQP_URL` (with `WARREN_AMQP_USERNAME` / `WARREN_AMQP_PASSWORD`),
+    /// `WARREN_DATABASE_URL`, `WARREN_DATABASE_MAX_CONNECTIONS`,
     /// `WARREN_HTTP_ADDR`, `WARREN_INVENTORY_URL` and
     /// `WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS`.
     pub fn from_env() -> Result<Config> {
@@ -67,8 +68,8 @@ impl Config {
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut config = Config::local();
-        if let Some(url) = get("WARREN_AMQP_URL") {
-            config.amqp_url = url;
+        if get("WARREN_AMQP_URL").is_some() || get("WARREN_AMQP_USERNAME").is_some() {
+            config.amqp_url = warren_messaging::config::amqp_url_from(&lookup);
         }
         if let Some(url) = get("WARREN_DATABASE_URL") {
             config.database_url = url;
