@@ -11,14 +11,34 @@ cd "$(dirname "$0")/.."
 
 venv=$(scripts/chart-venv.sh)
 
+# promtool checks the PrometheusRule's alerts: from PATH, else taken out of Debian's prometheus
+# package (not installed: no service is set up or started).
+promtool=$(command -v promtool || true)
+if [ -z "$promtool" ]; then
+    promtool=target/promtool/usr/bin/promtool
+    if [ ! -x "$promtool" ]; then
+        echo "chart-check: extracting promtool from Debian's prometheus package into target/promtool"
+        download=$(mktemp -d)
+        if ! (cd "$download" && apt-get download prometheus >/dev/null 2>&1); then
+            apt-get update -qq >/dev/null
+            (cd "$download" && apt-get download prometheus >/dev/null 2>&1)
+        fi
+        dpkg-deb -x "$download"/prometheus_*.deb target/promtool
+        rm -rf "$download"
+    fi
+fi
+
 infra=$(mktemp)
 workers=$(mktemp)
 trap 'rm -f "$infra" "$workers"' EXIT
 "$venv/bin/kubectl" kustomize manifests/infra >"$infra"
 "$venv/bin/kubectl" kustomize manifests/workers >"$workers"
 
-"$venv/bin/python" - charts/warren "$infra" "$workers" <<'PY'
+"$venv/bin/python" - charts/warren "$infra" "$workers" "$promtool" <<'PY'
+import json
+import subprocess
 import sys
+import tempfile
 
 import helm_python as helm
 import kubernetes_validate
@@ -27,6 +47,7 @@ import yaml
 CHART = sys.argv[1]
 INFRA = sys.argv[2]
 WORKERS = sys.argv[3]
+PROMTOOL = sys.argv[4]
 KUBE = "1.36.0"
 # Kinds whose schema kubernetes-validate does not ship (custom resources; Warren's own are
 # checked by the Rust tests that parse the manifests).
@@ -34,6 +55,7 @@ FOREIGN = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("warren.dev/v1alpha1", "Broker"),
     ("warren.dev/v1alpha1", "Worker"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 VALUE_SETS = {
@@ -46,6 +68,8 @@ VALUE_SETS = {
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
         },
         "podAnnotations": {"example.com/a": "b"},
+        "grafanaDashboard": {"enabled": True},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
         "priorityClassName": "system-cluster-critical",
     },
     "single-replica-no-election": {"replicaCount": 1, "leaderElection": {"enabled": False}},
@@ -105,6 +129,21 @@ def check_deployment(label, deployment):
         fail(f"{label}: container has no resource requests")
 
 
+def check_rules(label, rule):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rules:
+        yaml.safe_dump({"groups": rule["spec"]["groups"]}, rules)
+        rules.flush()
+        checked = subprocess.run([PROMTOOL, "check", "rules", rules.name], capture_output=True, text=True)
+    if checked.returncode != 0:
+        fail(f"{label}: promtool refused the PrometheusRule: {checked.stdout}{checked.stderr}")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    for alert in alerts:
+        if not alert.get("annotations", {}).get("runbook"):
+            fail(f"{label}: alert {alert.get('alert')} has no runbook line")
+    if len(alerts) < 5:
+        fail(f"{label}: expected the ADR's five alerts, found {len(alerts)}")
+
+
 def check_rbac(label, values, rendered):
     kinds = [(o["kind"], o["metadata"].get("namespace")) for _, o in rendered]
     cluster_roles = [o for _, o in rendered if o["kind"] == "ClusterRole"]
@@ -147,6 +186,16 @@ for label, values in VALUE_SETS.items():
         if obj["kind"] == "Deployment":
             check_deployment(label, obj)
     check_rbac(label, values, rendered)
+    for _, obj in rendered:
+        if obj["kind"] == "PrometheusRule":
+            check_rules(label, obj)
+        if obj["kind"] == "ConfigMap" and "warren.json" in obj.get("data", {}):
+            try:
+                dashboard = json.loads(obj["data"]["warren.json"])
+                if not dashboard.get("panels"):
+                    fail(f"{label}: the dashboard has no panels")
+            except json.JSONDecodeError as error:
+                fail(f"{label}: the dashboard ConfigMap holds no JSON: {error}")
     if len(failures) == before:
         print(f"ok   {label}: {len(rendered)} objects rendered and validated")
 

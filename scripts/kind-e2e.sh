@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # End-to-end run of Warren's operator on a kind cluster (machines with Docker only):
-#   1. create the cluster (kind-config.yaml), build the image (Dockerfile) and load it into kind;
+#   1. create the cluster (kind-config.yaml), build the three images (Dockerfile targets warren,
+#      orders, inventory) and load them into kind;
 #   2. install the chart, RabbitMQ and PostgreSQL (manifests/infra) and the ADR topology;
 #   3. wait for Ready on the Broker and on every topology resource, check RabbitMQ has the queues;
-#   4. delete a queue behind Warren's back and wait for the operator to restore it (drift);
-#   5. delete the topology, check every finalizer completed and RabbitMQ is empty again.
+#   4. deploy both workers (manifests/workers), wait for them, place an order through the orders
+#      Service and wait until it reaches `processing`;
+#   5. delete a queue behind Warren's back and wait for the operator to restore it (drift);
+#   6. delete the Workers (their pods go), then the topology; check every finalizer completed and
+#      RabbitMQ is empty again.
 #
-# Needs: docker, kind, kubectl, helm. Environment:
+# Needs: docker, kind, kubectl, helm, curl, python3. Environment:
 #   CLUSTER=warren-e2e     kind cluster name (reused when it exists)
 #   KEEP_CLUSTER=1         leave the cluster running afterwards (default: delete it on success)
 #   KIND_NODE_IMAGE=...    node image (default: the one in kind-config.yaml)
-#   SKIP_BUILD=1           use an already loaded warren:dev image
+#   SKIP_BUILD=1           use already loaded images
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLUSTER=${CLUSTER:-warren-e2e}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
-IMAGE=warren:dev
+VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/warren/Chart.yaml)
+IMAGE=warren:$VERSION
+# Named as manifests/workers names them.
+ORDERS_IMAGE=warren-orders:$VERSION
+INVENTORY_IMAGE=warren-inventory:$VERSION
 OPERATOR_NS=warren-system
 DEMO_NS=warren-demo
 TOPOLOGY_KINDS=exchanges.warren.dev,queues.warren.dev,bindings.warren.dev,policies.warren.dev
@@ -26,7 +34,7 @@ WAIT=180s
 log() { printf '\n==> %s\n' "$*"; }
 die() { printf 'kind-e2e: %s\n' "$*" >&2; exit 1; }
 
-for tool in docker kind kubectl helm; do
+for tool in docker kind kubectl helm curl python3; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is required (this script needs Docker and kind)"
 done
 
@@ -62,18 +70,20 @@ else
 fi
 
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "building $IMAGE"
-    docker build -t "$IMAGE" .
+    log "building $IMAGE, $ORDERS_IMAGE and $INVENTORY_IMAGE"
+    docker build --target warren -t "$IMAGE" .
+    docker build --target orders -t "$ORDERS_IMAGE" .
+    docker build --target inventory -t "$INVENTORY_IMAGE" .
 fi
-log "loading $IMAGE into kind"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+log "loading the images into kind"
+kind load docker-image "$IMAGE" "$ORDERS_IMAGE" "$INVENTORY_IMAGE" --name "$CLUSTER"
 
 # --- operator, infrastructure, topology --------------------------------------------------------
 log "installing the chart (CRDs, RBAC, operator)"
 helm upgrade --install warren charts/warren \
     --kube-context "kind-$CLUSTER" \
     --namespace "$OPERATOR_NS" --create-namespace \
-    --set image.tag=dev --set image.pullPolicy=Never \
+    --set image.pullPolicy=Never \
     --set resyncSeconds=10 \
     --wait --timeout 5m
 
@@ -123,6 +133,43 @@ log "the leader serves metrics"
 kube get --raw "/api/v1/namespaces/$OPERATOR_NS/pods/$holder:8080/proxy/metrics" \
     | grep -q '^warren_reconciliations_total{' || die "/metrics lacks warren_reconciliations_total"
 
+# --- workers -----------------------------------------------------------------------------------
+log "the workers (manifests/workers)"
+kube apply -k manifests/workers
+kube -n "$DEMO_NS" wait --for=condition=Ready workers.warren.dev --all --timeout="$WAIT"
+kube -n "$DEMO_NS" get workers.warren.dev
+
+log "placing an order through the orders Service"
+kube -n "$DEMO_NS" port-forward svc/inventory 18081:8080 >/dev/null 2>&1 &
+inventory_pf=$!
+kube -n "$DEMO_NS" port-forward svc/orders 18080:8080 >/dev/null 2>&1 &
+orders_pf=$!
+trap 'kill $inventory_pf $orders_pf 2>/dev/null || true; diagnose' EXIT
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+deadline=$((SECONDS + 60))
+until curl -fsS -o /dev/null http://127.0.0.1:18080/readyz && curl -fsS -o /dev/null http://127.0.0.1:18081/readyz; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the workers' Services did not answer"
+    sleep 1
+done
+product=$(curl -fsS -H 'content-type: application/json' \
+    -d '{"name": "kind widget", "initialStock": 10, "lowStockThreshold": 1}' \
+    http://127.0.0.1:18081/products | json '["id"]')
+order=$(curl -fsS -H 'content-type: application/json' \
+    -d "{\"userId\": \"$(python3 -c 'import uuid; print(uuid.uuid4())')\", \"items\": [{\"productId\": \"$product\", \"quantity\": 2}]}" \
+    http://127.0.0.1:18080/orders | json '["id"]')
+wait_status() {
+    local want=$1 deadline=$((SECONDS + 120)) status=""
+    while [ "$status" != "$want" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || die "order $order stayed $status, never $want"
+        sleep 1
+        status=$(curl -fsS "http://127.0.0.1:18080/orders/$order" | json '["status"]')
+    done
+    echo "order $order: $status"
+}
+wait_status reserved
+curl -fsS -X POST -H 'content-type: application/json' -d '{}' "http://127.0.0.1:18080/orders/$order/complete" >/dev/null
+wait_status processing
+
 # --- drift -------------------------------------------------------------------------------------
 victim=$(printf '%s\n' "$declared" | head -n 1)
 log "deleting queue $victim behind Warren's back; the operator must declare it again"
@@ -135,6 +182,11 @@ done
 echo "restored: $victim"
 
 # --- deletion ----------------------------------------------------------------------------------
+log "deleting the Workers: their Deployments and pods go with them"
+kube -n "$DEMO_NS" delete workers.warren.dev --all --wait=true --timeout="$WAIT"
+kube -n "$DEMO_NS" wait --for=delete pod -l app.kubernetes.io/component=worker --timeout="$WAIT" || true
+[ -z "$(kube -n "$DEMO_NS" get pods -l app.kubernetes.io/component=worker -o name)" ] || die "worker pods remain"
+
 log "deleting the topology: finalizers must complete and RabbitMQ must be emptied"
 retained=$(kube -n "$DEMO_NS" get queues.warren.dev \
     -o jsonpath='{range .items[?(@.spec.deletionPolicy=="retain")]}{.spec.name}{"\n"}{end}' | sort)

@@ -1,5 +1,8 @@
 //! Prometheus metrics of the controllers: reconciliations, failures by kind and reason, reconcile
-//! duration and leadership. Labels are low-cardinality (kind and `Error::metric_label`), never names.
+//! duration and leadership, with low-cardinality labels (kind and `Error::metric_label`); and, one
+//! series per resource as RabbitMQ's own exporter has one per queue, whether each resource is
+//! Ready and each queue's depth and consumers as Warren last read them back (for the dashboard
+//! and the alerts in charts/warren).
 
 use std::time::Duration;
 
@@ -25,6 +28,21 @@ struct FailureLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    kind: String,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    namespace: String,
+    name: String,
+    vhost: String,
+    queue: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 10 ms .. ~40 s: one management call is milliseconds, a timeout is 15 s.
     Histogram::new(exponential_buckets(0.01, 2.0, 13))
@@ -36,6 +54,21 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     leader: Gauge,
+    ready: Family<ResourceLabels, Gauge>,
+    queue_messages: Family<QueueLabels, Gauge>,
+    queue_consumers: Family<QueueLabels, Gauge>,
+}
+
+/// A queue as the metrics name it: its resource and its RabbitMQ identity.
+pub struct QueueSeries<'a> {
+    /// Namespace of the Queue resource.
+    pub namespace: &'a str,
+    /// Name of the Queue resource.
+    pub name: &'a str,
+    /// RabbitMQ vhost.
+    pub vhost: &'a str,
+    /// RabbitMQ queue name.
+    pub queue: &'a str,
 }
 
 impl Metrics {
@@ -46,6 +79,9 @@ impl Metrics {
             failures: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             leader: Gauge::default(),
+            ready: Family::default(),
+            queue_messages: Family::default(),
+            queue_consumers: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("warren");
         registry.register(
@@ -68,7 +104,73 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controllers",
             metrics.leader.clone(),
         );
+        registry.register(
+            "resource_ready",
+            "1 while a Warren resource is Ready, 0 while it is not, by kind, namespace and name",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in a queue (ready and unacknowledged), as Warren last read RabbitMQ",
+            metrics.queue_messages.clone(),
+        );
+        registry.register(
+            "queue_consumers",
+            "Consumers of a queue, as Warren last read RabbitMQ",
+            metrics.queue_consumers.clone(),
+        );
         metrics
+    }
+
+    /// Records whether a resource is Ready.
+    pub fn resource_ready(&self, kind: &str, namespace: &str, name: &str, ready: bool) {
+        self.ready
+            .get_or_create(&ResourceLabels {
+                kind: kind.to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .set(i64::from(ready));
+    }
+
+    /// Records a queue's depth and consumers (absent counters are left as they were).
+    pub fn queue_depth(
+        &self,
+        queue: &QueueSeries<'_>,
+        messages: Option<i64>,
+        consumers: Option<i64>,
+    ) {
+        let labels = QueueLabels {
+            namespace: queue.namespace.to_owned(),
+            name: queue.name.to_owned(),
+            vhost: queue.vhost.to_owned(),
+            queue: queue.queue.to_owned(),
+        };
+        if let Some(messages) = messages {
+            self.queue_messages.get_or_create(&labels).set(messages);
+        }
+        if let Some(consumers) = consumers {
+            self.queue_consumers.get_or_create(&labels).set(consumers);
+        }
+    }
+
+    /// Drops the series of a deleted resource (`queue`: its queue series too).
+    pub fn forget(&self, kind: &str, namespace: &str, name: &str, queue: Option<&QueueSeries<'_>>) {
+        self.ready.remove(&ResourceLabels {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+        if let Some(queue) = queue {
+            let labels = QueueLabels {
+                namespace: queue.namespace.to_owned(),
+                name: queue.name.to_owned(),
+                vhost: queue.vhost.to_owned(),
+                queue: queue.queue.to_owned(),
+            };
+            self.queue_messages.remove(&labels);
+            self.queue_consumers.remove(&labels);
+        }
     }
 
     /// Counts one reconciliation of `kind` and how long it took.

@@ -26,7 +26,7 @@ pub use connect::{BrokerConnector, HttpConnector, broker_connection};
 pub use context::{Context, Settings};
 pub use finalizer::FINALIZER_MANAGER;
 pub use kinds::TopologyKind;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, QueueSeries};
 pub use operator::{OperatorArgs, check_crds, run, run_controllers, serve};
 pub use server::{Probes, router};
 pub use topology::{error_policy, observe_one, reconcile};

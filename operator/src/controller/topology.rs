@@ -16,6 +16,7 @@ use super::context::Context;
 use super::events;
 use super::finalizer::{self, Step};
 use super::kinds::TopologyKind;
+use super::metrics::QueueSeries;
 use super::status::{self, Verdict};
 use super::{broker, reason};
 use crate::crd::{Broker, DeletionPolicy};
@@ -141,17 +142,14 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
     let news = !verdict.matches(object.conditions()) && (!verdict.ready || was_failing);
     let announce = news || matches!(result, Ok(true));
     let conditions = verdict.conditions(object.conditions(), generation);
-    status::apply(
-        api,
-        object,
-        object.status(
-            conditions,
-            generation,
-            converged.observed.as_ref(),
-            converged.created.as_ref(),
-        ),
-    )
-    .await?;
+    let new_status = object.status(
+        conditions,
+        generation,
+        converged.observed.as_ref(),
+        converged.created.as_ref(),
+    );
+    record_metrics(ctx, object, verdict.ready, &new_status);
+    status::apply(api, object, new_status).await?;
     if announce {
         tracing::info!(
             kind = %K::kind(&()),
@@ -188,6 +186,31 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
             Ok(Action::requeue(ctx.settings.resync))
         }
         Err(error) => Err(error),
+    }
+}
+
+/// The series this resource has in `/metrics`: Ready, and a queue's depth and consumers.
+fn record_metrics<K: TopologyKind>(
+    ctx: &Context,
+    object: &K,
+    ready: bool,
+    status: &serde_json::Value,
+) {
+    let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+    ctx.metrics
+        .resource_ready(&K::kind(&()), &namespace, &name, ready);
+    if let Object::Queue(queue) = object.identity() {
+        let series = QueueSeries {
+            namespace: &namespace,
+            name: &name,
+            vhost: &queue.vhost,
+            queue: &queue.name,
+        };
+        ctx.metrics.queue_depth(
+            &series,
+            status["messages"].as_i64(),
+            status["consumers"].as_i64(),
+        );
     }
 }
 
@@ -462,6 +485,17 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
         tracing::info!(kind = %K::kind(&()), namespace, name, reason = outcome, message = %note, "cleaned up: finalizer released");
     }
     events::publish(ctx, &reference, warning, outcome, "Delete", &note).await;
+    let queue = match &identity {
+        Object::Queue(queue) => Some(QueueSeries {
+            namespace,
+            name,
+            vhost: &queue.vhost,
+            queue: &queue.name,
+        }),
+        _ => None,
+    };
+    ctx.metrics
+        .forget(&K::kind(&()), namespace, name, queue.as_ref());
     Ok(Action::await_change())
 }
 
