@@ -5,16 +5,17 @@
 //! exactly once and prints it. Every few seconds the demo also sends a duplicate and a malformed
 //! message to show deduplication and dead-lettering. Runs until Ctrl-C, with metrics served on
 //! `WARREN_DEMO_METRICS_ADDR` (default 127.0.0.1:9464).
+//!
+//! It never touches the quick start's queues: it applies manifests/topology into a vhost of its
+//! own and keeps its events in a database of its own, and removes both when it stops.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgConnection};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warren_messaging::events::{Quantity, StockReplenished};
@@ -23,8 +24,7 @@ use warren_messaging::{
     ConsumerConfig, Envelope, Event, EventHandler, HandlerError, IdempotentConsumer, Metrics,
     OutboxRelay, RelayConfig, config,
 };
-
-const DEMO_DATABASE: &str = "warren_demo";
+use warren_tests::{TestDatabase, TestVhost, apply_topology};
 
 /// The consumer side: keeps a stock projection and prints every applied event.
 struct StockProjection;
@@ -56,35 +56,15 @@ fn short(id: Uuid) -> String {
     id.simple().to_string()[..8].to_owned()
 }
 
-async fn demo_pool() -> Result<sqlx::PgPool> {
-    let admin_url = config::database_url();
-    let mut admin = PgConnectOptions::from_str(&admin_url)?
-        .connect()
-        .await
-        .context("connecting to PostgreSQL (WARREN_DATABASE_URL)")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(DEMO_DATABASE)
-            .fetch_one(&mut admin)
-            .await?;
-    if !exists {
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE {DEMO_DATABASE}"
-            )))
-            .await?;
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(PgConnectOptions::from_str(&admin_url)?.database(DEMO_DATABASE))
-        .await?;
-    warren_messaging::schema::migrate(&pool).await?;
+/// The demo's own database (messaging tables and its stock projection), dropped when the guard is.
+async fn demo_database() -> Result<TestDatabase> {
+    let database = TestDatabase::create("demo").await;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS demo_stock (product_id UUID PRIMARY KEY, level BIGINT NOT NULL)",
     )
-    .execute(&pool)
+    .execute(&database.pool)
     .await?;
-    Ok(pool)
+    Ok(database)
 }
 
 /// Publishes `body` straight to the exchange, bypassing the outbox (a duplicate or a bad producer).
@@ -139,10 +119,14 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let amqp_url = config::amqp_url();
     let metrics_addr =
         std::env::var("WARREN_DEMO_METRICS_ADDR").unwrap_or_else(|_| "127.0.0.1:9464".into());
-    let pool = demo_pool().await?;
+    // A vhost of its own with the ADR topology, and a database of its own; both go at the end.
+    let vhost = TestVhost::create("demo").await;
+    apply_topology(&vhost.name).await;
+    let amqp_url = vhost.amqp_url();
+    let database = demo_database().await?;
+    let pool = database.pool.clone();
     let metrics = Metrics::new("demo");
     let shutdown = CancellationToken::new();
 
@@ -166,9 +150,14 @@ async fn main() -> Result<()> {
     ));
 
     println!("Warren messaging demo");
-    println!("  broker      {}", config::redact(&amqp_url));
     println!(
-        "  database    {DEMO_DATABASE} on {}",
+        "  broker      {} (vhost {}, removed at exit)",
+        config::redact(&amqp_url),
+        vhost.name
+    );
+    println!(
+        "  database    {} on {} (dropped at exit)",
+        database.name,
         config::redact(&config::database_url())
     );
     println!("  metrics     http://{metrics_addr}/metrics");
@@ -245,5 +234,8 @@ async fn main() -> Result<()> {
     }) {
         println!("  {line}");
     }
+    pool.close().await;
+    drop(database);
+    drop(vhost);
     Ok(())
 }
