@@ -35,6 +35,8 @@ fn spec_of(kind: &str, vhost: &str) -> Value {
         "Broker" => {
             json!({"managementUrl": "http://127.0.0.1:1", "credentialsSecretRef": {"name": "none"}})
         }
+        "Worker" => json!({"worker": "orders", "image": "warren-orders:0.1.0", "brokerRef": broker,
+                           "database": {"secretRef": {"name": "none"}}}),
         other => panic!("no spec for {other}"),
     }
 }
@@ -135,7 +137,7 @@ async fn every_crd_is_established_and_cel_refuses_changes_to_immutable_fields() 
 async fn kubectl_reaches_every_kind_by_plural_qualified_and_short_names() {
     let f = fixture!("names");
     let vhost = f.vhost.name.clone();
-    for kind in ["Broker", "Exchange", "Queue", "Binding", "Policy"] {
+    for kind in ["Broker", "Exchange", "Queue", "Binding", "Policy", "Worker"] {
         f.create(&resource(kind, "named", spec_of(kind, &vhost)))
             .await
             .unwrap_or_else(|e| panic!("create {kind}: {e}"));
@@ -171,7 +173,7 @@ async fn kubectl_reaches_every_kind_by_plural_qualified_and_short_names() {
     // One category for all of them, and several kinds at once by short name.
     let (ok, out) = f.kubectl(&["get", "warren", "-o", "name"]);
     assert!(ok, "kubectl get warren: {out}");
-    for kind in ["broker", "exchange", "queue", "binding", "policy"] {
+    for kind in ["broker", "exchange", "queue", "binding", "policy", "worker"] {
         assert!(
             out.contains(&format!("{kind}.warren.dev/named")),
             "kubectl get warren lists the {kind}: {out}"
@@ -183,7 +185,7 @@ async fn kubectl_reaches_every_kind_by_plural_qualified_and_short_names() {
         .collect();
     let (ok, out) = f.kubectl(&["get", &short.join(","), "-o", "name"]);
     assert!(ok, "kubectl get {}: {out}", short.join(","));
-    assert_eq!(out.lines().count(), 5, "{out}");
+    assert_eq!(out.lines().count(), 6, "{out}");
     let (ok, out) = f.kubectl(&["explain", "wbinding.spec.routingKey"]);
     assert!(
         ok && out.contains("warren.dev"),

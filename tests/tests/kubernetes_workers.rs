@@ -272,7 +272,17 @@ async fn a_worker_scales_on_its_queues_real_backlog() {
         || async { replicas(&f).await == Some(3) },
     )
     .await;
-    let worker = f.get("Worker", "orders").await.unwrap_or_default();
+    // The Deployment is scaled first, then the Worker's status says why.
+    let worker = f
+        .wait_for(
+            "Worker",
+            "orders",
+            "status.replicas 3",
+            Duration::from_secs(30),
+            |w| w.is_some_and(|w| w["status"]["replicas"] == 3),
+        )
+        .await
+        .unwrap_or_default();
     let status = &worker["status"]["autoscaling"];
     assert_eq!(status["backlog"], 25, "{worker}");
     assert!(
@@ -354,4 +364,41 @@ async fn the_rendered_chart_and_manifests_workers_are_accepted_by_the_api_server
     for name in ["worker.warren.dev/orders", "worker.warren.dev/inventory"] {
         assert!(out.contains(name), "{out}");
     }
+}
+
+#[tokio::test]
+async fn a_worker_without_its_database_secret_is_stalled_until_the_secret_appears() {
+    let f = fixture!("nosecret");
+    let operator = f.start_operator("warren-0").await;
+    f.apply(&f.topology_manifests()).await;
+    f.apply(&[orders_worker(json!({}))]).await;
+    let worker = f
+        .wait_condition("Worker", "orders", "Stalled", "True", Some("ConfigInvalid"))
+        .await;
+    let message = warren_tests::operator::condition(&worker, "Stalled")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("orders-db"), "names the Secret: {message}");
+    assert!(
+        deployment(&f).await.is_none(),
+        "nothing deployed without it"
+    );
+    // The Secret appears: the poll notices it and the worker is deployed.
+    f.secret(
+        "orders-db",
+        json!({"url": "postgres://orders@db:5432/orders"}),
+    )
+    .await;
+    wait_replicas(&f, 1).await;
+    f.wait_for(
+        "Worker",
+        "orders",
+        "Stalled to clear",
+        Duration::from_secs(30),
+        |w| w.is_some_and(|w| warren_tests::operator::condition(w, "Stalled").is_none()),
+    )
+    .await;
+    f.delete("Worker", "orders").await;
+    assert!(operator.stop().await.is_ok());
 }

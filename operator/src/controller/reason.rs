@@ -44,7 +44,8 @@ pub const REACHABLE: &str = "Reachable";
 pub const UNREACHABLE: &str = "Unreachable";
 /// Broker: the management API refused the credentials.
 pub const UNAUTHORIZED: &str = "Unauthorized";
-/// Broker: its Secret, TLS material or URL is missing or malformed.
+/// Broker: its Secret, TLS material or URL is missing or malformed. Worker: a Secret it reads is
+/// missing, or its Broker has no `amqpUrl`.
 pub const CONFIG_INVALID: &str = "ConfigInvalid";
 
 /// Worker: the Queues or Exchanges it names are not all Ready; it runs no replicas until they are.

@@ -50,7 +50,12 @@ pub async fn poll_broker_secrets(ctx: Arc<Context>, stop: CancellationToken) {
 async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
     let mut now = Seen::new();
     poll_brokers(ctx, before, &mut now).await;
-    // A Worker's pods read its Broker's credentials and its database Secret: a change rolls them.
+    poll_workers(ctx, before, &mut now).await;
+    now
+}
+
+/// A Worker's pods read its Broker's credentials and its database Secret: a change rolls them.
+async fn poll_workers(ctx: &Context, before: &Seen, now: &mut Seen) {
     for worker in ctx.stores.all::<Worker>() {
         let namespace = worker.namespace().unwrap_or_default();
         let broker = ctx.stores.all::<Broker>().into_iter().find(|b| {
@@ -61,15 +66,7 @@ async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
         names.extend(broker.map(|b| b.spec.credentials_secret_ref.name.clone()));
         for name in names {
             let key = (namespace.clone(), name);
-            if !now.contains_key(&key) {
-                let Some(version) = read(ctx, &key).await else {
-                    if let Some(known) = before.get(&key) {
-                        now.insert(key.clone(), known.clone());
-                    }
-                    continue;
-                };
-                now.insert(key.clone(), version);
-            }
+            observe(ctx, before, now, &key).await;
             if let (Some(previous), Some(current)) = (before.get(&key), now.get(&key))
                 && previous != current
             {
@@ -77,7 +74,24 @@ async fn poll_once(ctx: &Context, before: &Seen) -> Seen {
             }
         }
     }
-    now
+}
+
+/// Reads `key`'s resourceVersion into `now`, once per round; a Secret that could not be read
+/// keeps the version `before` knew.
+async fn observe(ctx: &Context, before: &Seen, now: &mut Seen, key: &(String, String)) {
+    if now.contains_key(key) {
+        return;
+    }
+    match read(ctx, key).await {
+        Some(version) => {
+            now.insert(key.clone(), version);
+        }
+        None => {
+            if let Some(known) = before.get(key) {
+                now.insert(key.clone(), known.clone());
+            }
+        }
+    }
 }
 
 /// The resourceVersion of `namespace/name` (`Some(None)`: not found; `None`: could not read).
@@ -98,15 +112,7 @@ async fn poll_brokers(ctx: &Context, before: &Seen, now: &mut Seen) {
         let namespace = broker.namespace().unwrap_or_default();
         for name in referenced(&broker) {
             let key = (namespace.clone(), name);
-            if !now.contains_key(&key) {
-                let Some(version) = read(ctx, &key).await else {
-                    if let Some(known) = before.get(&key) {
-                        now.insert(key.clone(), known.clone());
-                    }
-                    continue;
-                };
-                now.insert(key.clone(), version);
-            }
+            observe(ctx, before, now, &key).await;
             // A change since the last round; or a first sighting for a Broker that is not Ready,
             // whose Secret may have been fixed between its last probe and this round.
             let changed = match (before.get(&key), now.get(&key)) {

@@ -411,6 +411,7 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
     if object.deletion_policy() == DeletionPolicy::Retain {
         let note = format!("deletionPolicy is retain: {identity} stays in RabbitMQ");
         events::publish(ctx, &reference, false, reason::RETAINED, "Delete", &note).await;
+        forget_metrics(ctx, object, &identity);
         return Ok(Action::await_change());
     }
     let (warning, outcome, note) = match remove(object, &identity, ctx).await {
@@ -485,18 +486,24 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
         tracing::info!(kind = %K::kind(&()), namespace, name, reason = outcome, message = %note, "cleaned up: finalizer released");
     }
     events::publish(ctx, &reference, warning, outcome, "Delete", &note).await;
-    let queue = match &identity {
+    forget_metrics(ctx, object, &identity);
+    Ok(Action::await_change())
+}
+
+/// Drops a deleted resource's series from `/metrics`.
+fn forget_metrics<K: TopologyKind>(ctx: &Context, object: &K, identity: &Object) {
+    let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+    let queue = match identity {
         Object::Queue(queue) => Some(QueueSeries {
-            namespace,
-            name,
+            namespace: &namespace,
+            name: &name,
             vhost: &queue.vhost,
             queue: &queue.name,
         }),
         _ => None,
     };
     ctx.metrics
-        .forget(&K::kind(&()), namespace, name, queue.as_ref());
-    Ok(Action::await_change())
+        .forget(&K::kind(&()), &namespace, &name, queue.as_ref());
 }
 
 async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -> Result<Removal> {

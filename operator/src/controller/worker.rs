@@ -77,7 +77,7 @@ pub async fn reconcile_worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<
             let text = error_chain(&error);
             let verdict = match &error {
                 Error::BrokerNotFound { .. } => Verdict::stalled(reason::BROKER_NOT_FOUND, text),
-                Error::Config(_) => Verdict::stalled(reason::BROKER_CONFIG_INVALID, text),
+                Error::Config(_) => Verdict::stalled(reason::CONFIG_INVALID, text),
                 Error::InvalidSpec { .. } => Verdict::stalled(reason::INVALID_SPEC, text),
                 _ => return Err(error),
             };
