@@ -112,8 +112,11 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and, when its binary is there, kube-controller-manager, waits
     /// until the API server is ready and installs crds/.
     pub fn start(assets: &Path) -> Result<ControlPlane, String> {
-        let dir = std::env::temp_dir().join(unique_name("warren-envtest"));
+        remove_abandoned_folders();
+        let dir = std::env::temp_dir().join(unique_name(FOLDER_PREFIX));
         fs::create_dir_all(dir.join("certs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Whose folder it is: a later run removes it once this process is gone.
+        write(&dir.join("owner.pid"), &std::process::id().to_string())?;
         let mut plane = ControlPlane {
             url: String::new(),
             ca_pem: String::new(),
@@ -522,6 +525,44 @@ impl Drop for TestNamespace {
             }
         })
         .join();
+    }
+}
+
+/// Prefix of the control planes' temporary folders.
+const FOLDER_PREFIX: &str = "warren-envtest";
+
+/// Removes the folders (etcd data, logs) of control planes whose test binary has ended: the
+/// shared control plane is never dropped, its processes die with the binary, its folder stays.
+fn remove_abandoned_folders() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{FOLDER_PREFIX}-")));
+        if !ours {
+            continue;
+        }
+        let owner = fs::read_to_string(path.join("owner.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        // A folder that has no owner yet may be one being set up right now.
+        let fresh = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(60));
+        let alive = match owner {
+            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            None => fresh,
+        };
+        if !alive {
+            let _ = fs::remove_dir_all(&path);
+        }
     }
 }
 
