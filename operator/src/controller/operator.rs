@@ -368,7 +368,7 @@ pub async fn run_controllers(
                 brokers
                     // Probed again at once when a dependant cannot reach RabbitMQ or a Secret
                     // it reads changed.
-                    .reconcile_on(broker_probes(&ctx, scope))
+                    .reconcile_on(requests_in(ctx.broker_probes(), scope))
                     // A deleted Broker waits for these; their deletion is its cue to look again.
                     .watches(
                         scoped::<Exchange>(client, scope),
@@ -534,7 +534,7 @@ fn worker_controller(
                     })
                 },
             )
-            .reconcile_on(worker_triggers(ctx, scope))
+            .reconcile_on(requests_in(ctx.worker_triggers(), scope))
             .with_config(config.clone())
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(
@@ -559,41 +559,27 @@ fn workers_naming(
         .collect()
 }
 
-/// The Workers in `scope` that [`Context::trigger_worker`] asks to reconcile now.
-fn worker_triggers(
-    ctx: &Context,
+/// The objects in `scope` that arrive on `requests` (a Broker to probe, a Worker to reconcile:
+/// see [`Context::probe_broker`] and [`Context::trigger_worker`]), for `Controller::reconcile_on`.
+fn requests_in<K>(
+    requests: tokio::sync::broadcast::Receiver<ObjectRef<K>>,
     scope: &Option<String>,
-) -> impl futures::Stream<Item = ObjectRef<Worker>> + Send + 'static {
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
     let scope = scope.clone();
-    futures::stream::unfold(ctx.worker_triggers(), |mut triggers| async move {
+    futures::stream::unfold(requests, |mut requests| async move {
         loop {
-            match triggers.recv().await {
-                Ok(worker) => return Some((worker, triggers)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .filter(move |worker| futures::future::ready(scope.is_none() || worker.namespace == scope))
-}
-
-/// The Brokers in `scope` that [`Context::probe_broker`] asks to probe now.
-fn broker_probes(
-    ctx: &Context,
-    scope: &Option<String>,
-) -> impl futures::Stream<Item = ObjectRef<Broker>> + Send + 'static {
-    let scope = scope.clone();
-    futures::stream::unfold(ctx.broker_probes(), |mut probes| async move {
-        loop {
-            match probes.recv().await {
-                Ok(broker) => return Some((broker, probes)),
+            match requests.recv().await {
+                Ok(object) => return Some((object, requests)),
                 // Missed some: the ones that follow still come, and the resync covers the rest.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     })
-    .filter(move |broker| futures::future::ready(scope.is_none() || broker.namespace == scope))
+    .filter(move |object| futures::future::ready(scope.is_none() || object.namespace == scope))
 }
 
 /// The Broker a resource being deleted names. Only deletions matter to a Broker (it waits for
