@@ -89,8 +89,8 @@ fn plain_env(name: &str, value: impl ToString) -> Value {
     json!({"name": name, "value": value.to_string()})
 }
 
-/// The worker's environment: Warren's variables first, the spec's extra ones after (they win,
-/// as the last definition of a name does in Kubernetes).
+/// The worker's environment: Warren's variables, then the spec's extra ones. A spec variable of
+/// the same name replaces Warren's (server-side apply refuses a list with a name twice).
 pub fn environment(inputs: &Inputs<'_>) -> Vec<Value> {
     let spec = &inputs.worker.spec;
     let credentials = &inputs.broker.spec.credentials_secret_ref.name;
@@ -139,6 +139,7 @@ pub fn environment(inputs: &Inputs<'_>) -> Vec<Value> {
     if let Some(url) = &settings.inventory_url {
         env.push(plain_env("WARREN_INVENTORY_URL", url));
     }
+    env.retain(|var| !spec.env.iter().any(|own| var["name"] == own.name.as_str()));
     env.extend(
         spec.env
             .iter()
@@ -286,6 +287,8 @@ pub fn autoscale(
     let why = format!(
         "backlog {backlog} at {per} messages per replica asks for {wanted} (min {min}, max {max})"
     );
+    // A count outside the bounds (they were just changed) is brought inside at once.
+    let current = current.map(|c| c.clamp(min, max));
     match current {
         Some(current) if wanted < current => {
             let since = previous
@@ -309,7 +312,12 @@ pub fn autoscale(
                     status: status(
                         wanted,
                         format!(
-                            "holding {current} replicas: {why}, for {held}s of the {}s scale-down stabilization",
+                            "holding {current} replicas: {why}; scaling down at {} unless the backlog grows ({}s stabilization)",
+                            since
+                                .checked_add(jiff::SignedDuration::from_secs(
+                                    policy.scale_down_stabilization_seconds
+                                ))
+                                .unwrap_or(since),
                             policy.scale_down_stabilization_seconds
                         ),
                         false,
@@ -388,6 +396,50 @@ mod tests {
         // The backlog coming back resets the window.
         let back = autoscale(&policy(), Some(300), Some(3), Some(&later.status), at(40));
         assert_eq!(back.status.lower_since, None);
+    }
+
+    #[test]
+    fn a_lowered_maximum_applies_at_once_and_holding_says_until_when() {
+        let scale = autoscale(&policy(), Some(100_000), Some(10), None, at(0));
+        assert_eq!(scale.replicas, 5, "max is 5: {:?}", scale.status);
+        let hold = autoscale(&policy(), Some(0), Some(3), None, at(0));
+        let again = autoscale(&policy(), Some(0), Some(3), Some(&hold.status), at(30));
+        assert_eq!(
+            hold.status.reason, again.status.reason,
+            "no ticking counter in the status"
+        );
+    }
+
+    #[test]
+    fn a_spec_variable_replaces_warrens_of_the_same_name() {
+        let mut worker: Worker = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Worker",
+            "metadata": {"name": "orders", "namespace": "ns"},
+            "spec": {"worker": "orders", "image": "i", "brokerRef": {"name": "b"},
+                     "database": {"secretRef": {"name": "db"}},
+                     "env": [{"name": "RUST_LOG", "value": "debug"}]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        worker.metadata.uid = Some("u".into());
+        let broker: Broker = serde_json::from_value(serde_json::json!({
+            "apiVersion": "warren.dev/v1alpha1", "kind": "Broker",
+            "metadata": {"name": "b", "namespace": "ns"},
+            "spec": {"managementUrl": "http://mq:15672", "amqpUrl": "amqp://mq:5672",
+                     "credentialsSecretRef": {"name": "creds"}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let env = environment(&Inputs {
+            worker: &worker,
+            broker: &broker,
+            vhost: "/",
+            replicas: 1,
+            secrets_version: "1/2",
+        });
+        let logs: Vec<&Value> = env.iter().filter(|v| v["name"] == "RUST_LOG").collect();
+        assert_eq!(
+            logs,
+            [&serde_json::json!({"name": "RUST_LOG", "value": "debug"})]
+        );
     }
 
     #[test]

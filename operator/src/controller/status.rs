@@ -68,9 +68,15 @@ impl Verdict {
     }
 
     /// Whether the verdict is worth a Warning Event: a failure someone may have to look at.
-    /// A resource waiting for something Warren expects to appear is not.
+    /// A resource waiting for something Warren expects to appear, or a rollout in progress, is not.
     pub fn is_warning(&self) -> bool {
-        !self.ready && self.reason != reason::WAITING
+        !self.ready
+            && ![
+                reason::WAITING,
+                reason::ROLLING_OUT,
+                reason::TOPOLOGY_NOT_READY,
+            ]
+            .contains(&self.reason)
     }
 
     /// The conditions after this verdict: `Ready` (its transition time kept while its status

@@ -129,7 +129,11 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
     let verdict = &converged.verdict;
     // RabbitMQ did not answer (or refused the credentials) for this resource: the Broker's own
     // status must not keep saying Reachable until its next probe.
-    if let Err(Error::Transport { .. } | Error::RabbitMq { status: 401, .. }) = &result {
+    // Only while the Broker still says Ready: once it says otherwise, probing it again for
+    // every failing dependant would only make its status, and so them, churn.
+    if let Err(Error::Transport { .. } | Error::RabbitMq { status: 401, .. }) = &result
+        && broker_says_ready(ctx, object)
+    {
         ctx.probe_broker(
             object.namespace().as_deref().unwrap_or_default(),
             &object.broker_ref().name,
@@ -187,6 +191,17 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         }
         Err(error) => Err(error),
     }
+}
+
+/// Whether the cached Broker `object` names has Ready=True (unknown counts as Ready).
+fn broker_says_ready<K: TopologyKind>(ctx: &Context, object: &K) -> bool {
+    ctx.stores
+        .all::<Broker>()
+        .iter()
+        .find(|b| b.namespace() == object.namespace() && b.name_any() == object.broker_ref().name)
+        .and_then(|b| b.status.as_ref())
+        .and_then(|s| crate::crd::status::ready(&s.conditions))
+        .is_none_or(|c| c.status == "True")
 }
 
 /// The series this resource has in `/metrics`: Ready, and a queue's depth and consumers.

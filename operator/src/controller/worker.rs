@@ -26,6 +26,8 @@ use crate::{Error, Result};
 
 /// The condition that says whether every Queue and Exchange a Worker names is Ready.
 pub const TOPOLOGY_READY: &str = "TopologyReady";
+/// The API server refuses condition messages over 32 768 bytes.
+const MAX_MESSAGE_BYTES: usize = 32_768;
 /// How often a Worker that autoscales, or is rolling out, is looked at again.
 const FOLLOW_UP: Duration = Duration::from_secs(15);
 
@@ -99,7 +101,10 @@ pub async fn reconcile_worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<
             let mut c = true_condition(
                 TOPOLOGY_READY,
                 reason::TOPOLOGY_NOT_READY,
-                &format!("waiting for: {}", topology.not_ready.join("; ")),
+                &status::truncate(
+                    &format!("waiting for: {}", topology.not_ready.join("; ")),
+                    MAX_MESSAGE_BYTES,
+                ),
                 generation,
             );
             c.status = "False".to_owned();
@@ -153,6 +158,7 @@ pub async fn reconcile_worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<
         events::publish(&ctx, &reference, false, reason::SCALED, "Scale", &note).await;
     }
     ctx.metrics.reconciled("Worker", started.elapsed());
+    ctx.reset_backoff(&format!("Worker/{namespace}/{}", worker.name_any()));
     match outcome {
         Ok(()) => {
             let busy = worker.spec.autoscaling.is_some()
@@ -184,13 +190,16 @@ fn keep_transition(
 
 fn verdict_of(deployed: &Deployed, topology: Option<&Topology>) -> Verdict {
     if !deployed.topology_ready {
-        return Verdict::not_ready(
-            reason::TOPOLOGY_NOT_READY,
+        let waiting = topology.map(|t| t.not_ready.join("; ")).unwrap_or_default();
+        let message = if deployed.replicas == 0 {
+            format!("kept at 0 replicas until its topology is Ready; waiting for: {waiting}")
+        } else {
             format!(
-                "kept at 0 replicas until its topology is Ready; waiting for: {}",
-                topology.map(|t| t.not_ready.join("; ")).unwrap_or_default()
-            ),
-        );
+                "running {} replicas, but its topology is not all Ready: {waiting}",
+                deployed.replicas
+            )
+        };
+        return Verdict::not_ready(reason::TOPOLOGY_NOT_READY, message);
     }
     if !deployed.rolled_out {
         return Verdict::not_ready(
@@ -228,8 +237,12 @@ async fn deploy(worker: &Worker, ctx: &Context, topology: &Topology) -> Result<D
         versions.push(secret_version(ctx, &namespace, name).await?);
     }
     let current = worker.status.as_ref().and_then(|s| s.replicas);
+    // Zero replicas until the topology is first Ready. Once the worker runs, a Queue that is
+    // briefly not Ready (a management API blip, a spec edit being reconciled) must not stop it:
+    // it keeps what it runs, and TopologyReady says what is wrong.
+    let started = current.is_some_and(|replicas| replicas > 0);
     let (replicas, autoscaling) = if !topology.not_ready.is_empty() {
-        (0, None)
+        (if started { current.unwrap_or(0) } else { 0 }, None)
     } else if let Some(policy) = &worker.spec.autoscaling {
         let previous = worker.status.as_ref().and_then(|s| s.autoscaling.as_ref());
         let scale = workload::autoscale(
@@ -272,10 +285,7 @@ async fn deploy(worker: &Worker, ctx: &Context, topology: &Topology) -> Result<D
     services
         .patch(&name, &params, &Patch::Apply(&workload::service(worker)))
         .await
-        .map_err(|source| Error::Kube {
-            action: format!("apply Service {namespace}/{name}"),
-            source,
-        })?;
+        .map_err(|source| refused(worker, "Service", source))?;
     let state = applied.status.unwrap_or_default();
     let ready_replicas = state.ready_replicas.unwrap_or_default();
     let rolled_out = applied.metadata.generation <= state.observed_generation
@@ -289,6 +299,24 @@ async fn deploy(worker: &Worker, ctx: &Context, topology: &Topology) -> Result<D
         rolled_out,
         autoscaling,
     })
+}
+
+/// An apply the API server refused as invalid (400, 422: e.g. bad `resources` or `env`) is the
+/// spec's fault and shows in the Worker's status; anything else is retried with backoff.
+fn refused(worker: &Worker, object: &str, source: kube::Error) -> Error {
+    let namespace = worker.namespace().unwrap_or_default();
+    let name = worker.name_any();
+    match &source {
+        kube::Error::Api(status) if matches!(status.code, 400 | 422) => Error::InvalidSpec {
+            resource: format!("Worker {namespace}/{name}"),
+            field: "spec".to_owned(),
+            message: format!("the API server refused its {object}: {}", status.message),
+        },
+        _ => Error::Kube {
+            action: format!("apply {object} {namespace}/{name}"),
+            source,
+        },
+    }
 }
 
 /// The resourceVersion of a Secret the worker reads; a missing one is a configuration error.

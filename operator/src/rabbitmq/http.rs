@@ -239,8 +239,11 @@ struct WireOverview {
 
 #[derive(Deserialize)]
 struct WireListener {
+    #[serde(default)]
     protocol: String,
-    port: u16,
+    /// Absent or odd in some setups: such a listener is skipped, never a failed probe.
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -371,8 +374,8 @@ impl ManagementApi for HttpManagementApi {
             overview
                 .listeners
                 .iter()
-                .find(|l| l.protocol == protocol)
-                .map(|l| l.port)
+                .find(|l| l.protocol == protocol && l.port.is_some())
+                .and_then(|l| l.port)
         };
         Ok(Overview {
             rabbitmq_version: overview.rabbitmq_version.clone().unwrap_or_default(),
