@@ -32,6 +32,18 @@ fn is_ready(broker: &Broker) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
+/// The Secrets a Worker's pods read: its Broker's credentials (when the Broker is known) and its
+/// database URL. A change to either rolls the pods.
+pub fn worker_secrets(worker: &Worker, broker: Option<&Broker>) -> Vec<String> {
+    broker
+        .map(|b| b.spec.credentials_secret_ref.name.clone())
+        .into_iter()
+        .chain(std::iter::once(
+            worker.spec.database.secret_ref.name.clone(),
+        ))
+        .collect()
+}
+
 /// `namespace/secret` → its resourceVersion (`None`: not found).
 type Seen = HashMap<(String, String), Option<String>>;
 
@@ -62,9 +74,7 @@ async fn poll_workers(ctx: &Context, before: &Seen, now: &mut Seen) {
             b.namespace().as_deref() == Some(&namespace)
                 && b.name_any() == worker.spec.broker_ref.name
         });
-        let mut names = vec![worker.spec.database.secret_ref.name.clone()];
-        names.extend(broker.map(|b| b.spec.credentials_secret_ref.name.clone()));
-        for name in names {
+        for name in worker_secrets(&worker, broker.as_deref()) {
             let key = (namespace.clone(), name);
             observe(ctx, before, now, &key).await;
             if let (Some(previous), Some(current)) = (before.get(&key), now.get(&key))

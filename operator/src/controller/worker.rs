@@ -88,15 +88,14 @@ pub async fn reconcile_worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<
     };
     let mut conditions = verdict.conditions(&current.conditions, generation);
     if let Some(topology) = &topology {
+        // `set_condition` keeps the transition time while the status holds.
         let topology = if topology.not_ready.is_empty() {
-            let mut c = true_condition(
+            true_condition(
                 TOPOLOGY_READY,
                 "Ready",
                 "every Queue and Exchange the worker names is Ready",
                 generation,
-            );
-            keep_transition(&mut c, &current.conditions);
-            c
+            )
         } else {
             let mut c = true_condition(
                 TOPOLOGY_READY,
@@ -108,7 +107,6 @@ pub async fn reconcile_worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<
                 generation,
             );
             c.status = "False".to_owned();
-            keep_transition(&mut c, &current.conditions);
             c
         };
         set_condition(&mut conditions, topology);
@@ -177,17 +175,6 @@ pub async fn reconcile_worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<
     }
 }
 
-fn keep_transition(
-    condition: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
-    current: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) {
-    if let Some(previous) = current.iter().find(|c| c.type_ == condition.type_)
-        && previous.status == condition.status
-    {
-        condition.last_transition_time = previous.last_transition_time.clone();
-    }
-}
-
 fn verdict_of(deployed: &Deployed, topology: Option<&Topology>) -> Verdict {
     if !deployed.topology_ready {
         let waiting = topology.map(|t| t.not_ready.join("; ")).unwrap_or_default();
@@ -228,13 +215,9 @@ async fn deploy(worker: &Worker, ctx: &Context, topology: &Topology) -> Result<D
             broker.name_any()
         )));
     }
-    let secrets_version = [
-        broker.spec.credentials_secret_ref.name.as_str(),
-        worker.spec.database.secret_ref.name.as_str(),
-    ];
     let mut versions = Vec::new();
-    for name in secrets_version {
-        versions.push(secret_version(ctx, &namespace, name).await?);
+    for name in super::secrets::worker_secrets(worker, Some(&broker)) {
+        versions.push(secret_version(ctx, &namespace, &name).await?);
     }
     let current = worker.status.as_ref().and_then(|s| s.replicas);
     // Zero replicas until the topology is first Ready. Once the worker runs, a Queue that is
