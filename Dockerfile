@@ -5,6 +5,7 @@
 #   docker build --target orders -t warren-orders:0.1.0 .
 #   docker build --target inventory -t warren-inventory:0.1.0 .
 # scripts/kind-e2e.sh builds and loads all three; the chart and manifests/workers name these tags.
+# scripts/node-e2e.sh makes the same images without Docker (scripts/node-e2e/oci-image.py).
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of Warren: formatting, clippy, the Helm chart (offline lint, render
 # and schema validation), unit tests, the tests against the real RabbitMQ and PostgreSQL
-# (started by scripts/services.sh) and the operator's tests against a real Kubernetes API server
-# (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared by scripts/envtest.sh).
+# (started by scripts/services.sh), the operator's tests against a real Kubernetes API server
+# (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared by scripts/envtest.sh),
+# and scripts/node-e2e.sh: the chart, the topology and both workers as real pods on a one-node
+# cluster of this machine, and an order through them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -24,4 +26,5 @@ status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" = 0 ] || exit "$status"
+scripts/node-e2e.sh

@@ -472,18 +472,6 @@ enum Mode {
     Delete,
 }
 
-/// The error and its causes on one line: the top-level message alone hides the network's text.
-pub fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 async fn run(
     paths: &[PathBuf],
     options: &ApplyOptions,
@@ -515,7 +503,7 @@ async fn run(
             } else {
                 match reconcile::execute(&api as &dyn ManagementApi, &action).await {
                     Ok(outcome) => StepResult::Outcome(outcome),
-                    Err(error) => StepResult::Failed(error_chain(&error)),
+                    Err(error) => StepResult::Failed(crate::error_chain(&error)),
                 }
             };
             let step = Step {

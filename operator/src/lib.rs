@@ -75,8 +75,11 @@ pub enum Error {
     /// The files, taken together, do not make a topology (duplicates, missing Broker, ...).
     #[error("{0}")]
     Topology(String),
-    /// A vhost the files use does not exist; Warren does not create vhosts.
-    #[error("vhost {vhost:?} does not exist on {broker}: create it first (rabbitmqctl add_vhost)")]
+    /// A vhost the files use does not exist, or the Broker's user has no permissions in it;
+    /// Warren does not create vhosts.
+    #[error(
+        "vhost {vhost:?} does not exist on {broker}, or the Broker's user has no permissions in it: create it first (rabbitmqctl add_vhost) and grant them (rabbitmqctl set_permissions)"
+    )]
     VhostMissing {
         /// The missing vhost.
         vhost: String,
@@ -168,3 +171,19 @@ impl Error {
 
 /// Result with Warren's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error and all its causes on one line: the top-level message alone hides the network's
+/// (and RabbitMQ's) text. Wrappers that repeat their cause's text are not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -132,7 +132,7 @@ fn print_skipped(report: &Report) {
 }
 
 fn fail(error: &warren_operator::Error) -> ExitCode {
-    eprintln!("error: {}", cli::error_chain(error));
+    eprintln!("error: {}", warren_operator::error_chain(error));
     ExitCode::from(EXIT_ERROR)
 }
 

@@ -670,3 +670,114 @@ async fn the_warren_command_exits_like_kubectl_diff_and_export_round_trips() {
         "{stderr}"
     );
 }
+
+/// A RabbitMQ user with the `policymaker` tag (not an administrator), removed on drop.
+struct PolicymakerUser {
+    credentials: Credentials,
+}
+
+impl PolicymakerUser {
+    async fn new(vhost: &str) -> PolicymakerUser {
+        let credentials = Credentials {
+            username: unique("warren-test-policymaker"),
+            password: unique("pw"),
+        };
+        let guest = connection();
+        let http = reqwest::Client::new();
+        let url = |path: String| format!("{MANAGEMENT_URL}/api/{path}");
+        for (path, body) in [
+            (
+                format!("users/{}", credentials.username),
+                json!({"password": credentials.password, "tags": "policymaker"}),
+            ),
+            (
+                format!("permissions/{}/{}", vhost, credentials.username),
+                json!({"configure": ".*", "write": ".*", "read": ".*"}),
+            ),
+        ] {
+            let response = http
+                .put(url(path.clone()))
+                .basic_auth(
+                    &guest.credentials.username,
+                    Some(&guest.credentials.password),
+                )
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+            assert!(
+                response.status().is_success(),
+                "PUT {path}: {}",
+                response.status()
+            );
+        }
+        PolicymakerUser { credentials }
+    }
+}
+
+impl Drop for PolicymakerUser {
+    fn drop(&mut self) {
+        let url = format!("{MANAGEMENT_URL}/api/users/{}", self.credentials.username);
+        let guest = connection().credentials;
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                let _ = runtime.block_on(async {
+                    reqwest::Client::new()
+                        .delete(url)
+                        .basic_auth(&guest.username, Some(&guest.password))
+                        .send()
+                        .await
+                });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[tokio::test]
+async fn a_broker_user_without_the_administrator_tag_reconciles_its_vhost() {
+    // RabbitMQ answers `GET /api/vhosts/{name}` to administrators only; the Broker's user needs
+    // no more than the policymaker tag and permissions in its vhost.
+    let sandbox = Sandbox::new("policymaker").await;
+    let other = Sandbox::new("policymaker-other").await;
+    let user = PolicymakerUser::new(&sandbox.vhost).await;
+    let mut connection = connection();
+    connection.credentials = user.credentials.clone();
+    let as_user = HttpManagementApi::new(&connection).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        as_user
+            .vhost_exists(&sandbox.vhost)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+    // A vhost the user has no permissions in is as missing as one that does not exist.
+    assert!(
+        !as_user
+            .vhost_exists(&other.vhost)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+
+    let paths = sandbox.write(&format!(
+        "{}{}",
+        exchange("policymaker.events"),
+        queue("policymaker.jobs", "  type: quorum\n")
+    ));
+    let mut options = sandbox.options();
+    options.credentials = Some(user.credentials.clone());
+    cli::apply(&paths, &options)
+        .await
+        .unwrap_or_else(|e| panic!("apply as a policymaker: {e}"));
+    assert!(diff(&paths, &options).await.is_converged());
+    assert!(
+        sandbox
+            .api
+            .get_queue(&sandbox.vhost, "policymaker.jobs")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_some()
+    );
+}

@@ -16,9 +16,10 @@ use super::context::Context;
 use super::finalizer::{self, Step};
 use super::kinds::TopologyKind;
 use super::status::{self, Verdict};
-use super::topology::{deleting_for, error_chain};
+use super::topology::deleting_for;
 use super::{events, reason};
 use crate::crd::{Binding, Broker, BrokerStatus, Exchange, Policy, Queue};
+use crate::error_chain;
 use crate::rabbitmq::{ManagementApi, Overview};
 use crate::{Error, Result};
 

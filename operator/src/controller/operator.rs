@@ -284,7 +284,7 @@ async fn lead(
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %topology::error_chain(&error), "leader election round failed")
+                tracing::warn!(error = %crate::error_chain(&error), "leader election round failed")
             }
         }
         tokio::select! {
@@ -317,7 +317,7 @@ async fn lead(
                 });
             }
             Ok(Err(error)) => {
-                tracing::warn!(error = %topology::error_chain(&error), "cannot renew the leader Lease");
+                tracing::warn!(error = %crate::error_chain(&error), "cannot renew the leader Lease");
             }
             Err(_) => tracing::warn!("renewing the leader Lease timed out"),
         }
@@ -339,7 +339,7 @@ async fn lead(
     if outcome.is_ok()
         && let Err(error) = elector.release().await
     {
-        tracing::warn!(error = %topology::error_chain(&error), "cannot release the leader Lease");
+        tracing::warn!(error = %crate::error_chain(&error), "cannot release the leader Lease");
     }
     outcome
 }
@@ -677,7 +677,7 @@ where
         if let Err(error) = result
             && !matches!(error, ControllerError::ReconcilerFailed(..))
         {
-            tracing::warn!(kind = %kind, error = %topology::error_chain(&error), "controller trouble");
+            tracing::warn!(kind = %kind, error = %crate::error_chain(&error), "controller trouble");
         }
         futures::future::ready(())
     })

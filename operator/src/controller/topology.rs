@@ -23,7 +23,7 @@ use crate::crd::{Broker, DeletionPolicy};
 use crate::plan::{self, Object, Observed};
 use crate::rabbitmq::ManagementApi;
 use crate::reconcile::{self, Outcome};
-use crate::{Error, Result};
+use crate::{Error, Result, error_chain};
 
 /// How often a Duplicate or a waiting Binding looks again (their owner or their exchange may go
 /// or come at any moment; watches catch most of it, this catches the rest).
@@ -78,22 +78,6 @@ fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
         object.meta().namespace.as_deref().unwrap_or_default(),
         object.meta().name.as_deref().unwrap_or_default()
     )
-}
-
-/// The error and all its causes on one line (RabbitMQ's text included, credentials never are).
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Wrappers repeat their cause in their own text.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// What a converged apply found and did.

@@ -16,11 +16,11 @@ use serde_json::Value;
 
 use super::context::Context;
 use super::status::{self, Verdict};
-use super::topology::error_chain;
 use super::{FIELD_MANAGER, broker, events, reason};
 use crate::crd::status::{set_condition, true_condition};
 use crate::crd::worker::{AutoscalingStatus, Worker, WorkerStatus};
 use crate::crd::{Exchange, Queue};
+use crate::error_chain;
 use crate::workload::{self, Inputs};
 use crate::{Error, Result};
 

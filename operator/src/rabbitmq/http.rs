@@ -116,9 +116,12 @@ impl HttpManagementApi {
             })?;
             builder = builder.identity(identity);
         }
-        let client = builder
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let client = builder.build().map_err(|e| {
+            Error::Config(format!(
+                "cannot build the HTTP client: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
         Ok(HttpManagementApi {
             client,
             base_url,
@@ -386,10 +389,16 @@ impl ManagementApi for HttpManagementApi {
     }
 
     async fn vhost_exists(&self, vhost: &str) -> Result<bool> {
-        Ok(self
-            .get::<Value>(&format!("vhosts/{}", enc(vhost)))
-            .await?
-            .is_some())
+        // The list, not `GET /api/vhosts/{name}`: RabbitMQ answers that one to administrators
+        // only (401 "Not administrator user" for a user tagged management or policymaker, seen on
+        // 3.10), while the list holds every vhost the user has permissions in. A vhost the
+        // Broker's user may not use is thus as missing as one that does not exist.
+        #[derive(Deserialize)]
+        struct Vhost {
+            name: String,
+        }
+        let vhosts: Vec<Vhost> = self.list("vhosts?columns=name").await?;
+        Ok(vhosts.iter().any(|v| v.name == vhost))
     }
 
     async fn ensure_vhost(&self, vhost: &str) -> Result<()> {
