@@ -107,15 +107,16 @@ cleanup_run() {
         done
     fi
     if [ -f "$dir/pids" ]; then
-        # Reverse start order: the kubelet before containerd, the API server before etcd.
-        tac "$dir/pids" | while read -r pid name; do kill -TERM "$pid" 2>/dev/null || true; done
-        local deadline=$((SECONDS + 30))
-        while read -r pid name; do
+        # One at a time, in reverse start order: the kubelet before containerd, the API server
+        # before etcd (an API server whose etcd is already gone takes long to stop).
+        tac "$dir/pids" | while read -r pid name; do
+            kill -TERM "$pid" 2>/dev/null || continue
+            deadline=$((SECONDS + 15))
             while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
             if kill -KILL "$pid" 2>/dev/null; then
-                echo "node-e2e: $name ($pid) did not stop on SIGTERM within 30 s; killed" >&2
+                echo "node-e2e: $name ($pid) did not stop on SIGTERM within 15 s; killed" >&2
             fi
-        done <"$dir/pids"
+        done
     fi
     # The shims outlive containerd, and so do their containers (the pause processes and the
     # workers) if the kill above could not reach them: end both by PID.

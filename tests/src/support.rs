@@ -14,7 +14,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::{ConnectOptions, Executor, PgConnection, PgPool};
 use warren_messaging::config;
 
 /// A name no other test (or earlier run) uses: `prefix-<8 hex>`.
@@ -387,6 +387,50 @@ impl TestDatabase {
             .await
             .expect("messaging migrations");
         TestDatabase { name, pool, url }
+    }
+}
+
+impl TestDatabase {
+    /// A PostgreSQL outage of this database alone: new connections are refused and the open
+    /// ones are ended (`ALLOW_CONNECTIONS false`, then `pg_terminate_backend`), without touching
+    /// the server other tests share. Returns how many sessions were ended.
+    pub async fn refuse_connections(&self) -> usize {
+        let mut admin = Self::admin().await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+                self.name
+            )))
+            .await
+            .expect("ALTER DATABASE ... ALLOW_CONNECTIONS false");
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut admin)
+        .await
+        .expect("terminate the database's sessions");
+        ended.len()
+    }
+
+    /// Ends the outage [`TestDatabase::refuse_connections`] started.
+    pub async fn allow_connections(&self) {
+        Self::admin()
+            .await
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+                self.name
+            )))
+            .await
+            .expect("ALTER DATABASE ... ALLOW_CONNECTIONS true");
+    }
+
+    async fn admin() -> PgConnection {
+        PgConnectOptions::from_str(&config::database_url())
+            .expect("WARREN_DATABASE_URL")
+            .connect()
+            .await
+            .expect("connect to PostgreSQL's admin database")
     }
 }
 

@@ -4,15 +4,19 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use serde_json::json;
 use uuid::Uuid;
+use warren_messaging::events::{Event, Quantity, StockReplenished};
 use warren_messaging::retry;
 use warren_messaging::topology::{
     INVENTORY_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE, dead_letter_queue,
 };
-use warren_messaging::{ConsumerConfig, Envelope, HandlerError, IdempotentConsumer, OutboxRelay};
+use warren_messaging::{
+    ConsumerConfig, Envelope, HandlerError, IdempotentConsumer, OutboxRelay, RetryPolicy,
+};
 use warren_tests::eventually;
 use warren_tests::harness::{Harness, TEST_MAX_ATTEMPTS, enqueue_in};
-use warren_tests::support::header;
+use warren_tests::support::{apply_topology, header};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -602,5 +606,227 @@ async fn a_consumer_refuses_to_start_without_its_topology_and_names_what_is_miss
     let text = err.to_string();
     assert!(text.contains("queue 'no.such.queue'"), "{text}");
     assert!(text.contains("queue 'no.such.queue.retry.1'"), "{text}");
+    h.stop().await;
+}
+
+/// A valid `inventory.stock_replenished` event published straight to the inventory exchange (the
+/// relay needs the database, which these tests take away); returns its id.
+async fn publish_event(h: &Harness, product: Uuid, seq: i64) -> Uuid {
+    let event = Event::StockReplenished(StockReplenished {
+        product_id: product,
+        quantity_added: Quantity::new(1).unwrap(),
+        new_stock_level: seq,
+    });
+    let env = Envelope::new(event, "test-service", format!("corr-{seq}"));
+    let id = env.event_id.to_string();
+    h.vhost
+        .publish(
+            INVENTORY_EXCHANGE,
+            env.event_type(),
+            &env.to_json(),
+            Some(&id),
+        )
+        .await;
+    env.event_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_holds_deliveries_and_spends_none_of_their_attempts() {
+    let mut h = Harness::start("dbdown").await;
+    // The consumed queue again with a delivery limit of 1: a second requeue of a message
+    // dead-letters it, so any delivery spent on the outage shows in the dead-letter queue.
+    let queue = ORDERS_INVENTORY_EVENTS_QUEUE;
+    let mgmt = &h.vhost.mgmt;
+    mgmt.delete_queue(&h.vhost.name, queue).await;
+    mgmt.declare_queue(
+        &h.vhost.name,
+        queue,
+        json!({
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 1,
+            "x-dead-letter-exchange": "warren.dlx",
+            "x-dead-letter-routing-key": queue,
+        }),
+    )
+    .await;
+    mgmt.bind(&h.vhost.name, INVENTORY_EXCHANGE, queue, "inventory.*")
+        .await;
+    h.spawn_consumer();
+    eventually(WAIT, "consuming", || async {
+        h.metrics.is_consuming(queue)
+    })
+    .await;
+
+    h.db.refuse_connections().await;
+    let mut ids = Vec::new();
+    for seq in 0..5 {
+        ids.push(publish_event(&h, Uuid::new_v4(), seq).await);
+    }
+    // The fault lasts long enough for several of the lanes' reconnects (0.2 s, 0.4 s, 0.8 s,
+    // 1.6 s): each used to requeue the batch.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    h.db.allow_connections().await;
+
+    eventually(
+        WAIT,
+        "every event applied once the database is back",
+        || async { h.effects().await >= 5 },
+    )
+    .await;
+    for id in &ids {
+        assert_eq!(h.effects_of(*id).await, 1, "event {id} applied once");
+        assert_eq!(
+            h.handler.attempts_of(*id).len(),
+            1,
+            "no attempt of {id} spent on the outage"
+        );
+    }
+    assert_eq!(
+        h.vhost.ready_messages(&dead_letter_queue(queue)).await,
+        0,
+        "nothing dead-lettered for the outage"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_park_is_tried_again_with_backoff_without_running_the_handler_again() {
+    let mut h = Harness::start("parkfail").await;
+    let queue = ORDERS_INVENTORY_EVENTS_QUEUE;
+    h.spawn_consumer();
+    eventually(WAIT, "consuming", || async {
+        h.metrics.is_consuming(queue)
+    })
+    .await;
+    // The first retry tier disappears: parking a failed message there comes back unroutable.
+    h.vhost
+        .mgmt
+        .delete_queue(&h.vhost.name, &RetryPolicy::tier_queue(queue, 1))
+        .await;
+    let product = Uuid::new_v4();
+    let event = Event::StockReplenished(StockReplenished {
+        product_id: product,
+        quantity_added: Quantity::new(1).unwrap(),
+        new_stock_level: 1,
+    });
+    let env = Envelope::new(event, "test-service", "corr-park");
+    h.handler.fail(
+        env.event_id,
+        vec![HandlerError::transient("try again later")],
+    );
+    h.vhost
+        .publish(
+            INVENTORY_EXCHANGE,
+            env.event_type(),
+            &env.to_json(),
+            Some(&env.event_id.to_string()),
+        )
+        .await;
+    eventually(WAIT, "first attempt", || async {
+        !h.handler.attempts_of(env.event_id).is_empty()
+    })
+    .await;
+    // While the park keeps failing, the message waits: the handler is not run again (it used to
+    // be requeued at once, a hot loop that ran the handler again and again).
+    let window = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < window {
+        assert_eq!(h.handler.attempts_of(env.event_id).len(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The tier comes back: the park succeeds, and the retry tier hands the event back.
+    apply_topology(&h.vhost.name).await;
+    eventually(WAIT, "handled after the tier's delay", || async {
+        h.effects_of(env.event_id).await == 1
+    })
+    .await;
+    assert_eq!(h.handler.attempts_of(env.event_id).len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_declared_after_its_row_was_held_back_is_used_without_a_reconnect() {
+    let h = Harness::start("lateexchange").await;
+    let mut config = h.relay_config();
+    config.failed_row_backoff = Duration::from_millis(100);
+    config.failed_row_backoff_max = Duration::from_millis(200);
+    let relay = h.relay_with(config);
+    let mut channel = relay.connect().await.expect("relay connects");
+    let exchange = "test.late";
+    let env = Envelope::new(
+        Event::StockReplenished(StockReplenished {
+            product_id: Uuid::new_v4(),
+            quantity_added: Quantity::new(1).unwrap(),
+            new_stock_level: 1,
+        }),
+        "test-service",
+        "corr-late",
+    );
+    let mut tx = h.pool().begin().await.unwrap();
+    warren_messaging::enqueue(&mut tx, exchange, &env)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let report = relay.relay_batch(&mut channel).await.unwrap();
+    assert_eq!(
+        (report.published, report.failed),
+        (0, 1),
+        "held: no such exchange"
+    );
+
+    // The exchange (and a queue bound to it) appear; the same channel publishes the row once it
+    // is due again. The missing exchange used to be remembered for the connection's life.
+    let mgmt = &h.vhost.mgmt;
+    mgmt.declare_exchange(&h.vhost.name, exchange, "topic")
+        .await;
+    mgmt.declare_queue(&h.vhost.name, "test.late.q", json!({}))
+        .await;
+    mgmt.bind(&h.vhost.name, exchange, "test.late.q", "#").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let report = relay.relay_batch(&mut channel).await.unwrap();
+        if report.published == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held row was not published on the same channel within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(channel.is_connected());
+    assert_eq!(h.vhost.ready_messages("test.late.q").await, 1);
+    channel.close().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_waits_for_a_queue_deleted_while_it_runs_and_consumes_again() {
+    let mut h = Harness::start("queueblip").await;
+    let queue = ORDERS_INVENTORY_EVENTS_QUEUE;
+    h.spawn_consumer();
+    eventually(WAIT, "consuming", || async {
+        h.metrics.is_consuming(queue)
+    })
+    .await;
+    // The queue goes away behind the worker's back (RabbitMQ cancels the consumer) and stays
+    // away for a while: several reconnects find it missing. That used to end the consumer for
+    // good, while the process kept answering /healthz.
+    h.vhost.mgmt.delete_queue(&h.vhost.name, queue).await;
+    eventually(WAIT, "the consumer notices", || async {
+        !h.metrics.is_consuming(queue)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    apply_topology(&h.vhost.name).await;
+    eventually(WAIT, "consuming again", || async {
+        h.metrics.is_consuming(queue)
+    })
+    .await;
+    let id = publish_event(&h, Uuid::new_v4(), 1).await;
+    eventually(WAIT, "an event after the blip is handled", || async {
+        h.effects_of(id).await == 1
+    })
+    .await;
+    // And the consumer task is still alive and ends cleanly (stop() checks it).
     h.stop().await;
 }

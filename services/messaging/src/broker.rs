@@ -49,7 +49,20 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// The delay after a session (a connection, a spell of publishing) that failed after
+    /// running `lasted`: from the first delay again when it ran at least [`HEALTHY_SESSION`],
+    /// since a hiccup after a healthy stretch is a new outage, not more of the last one.
+    pub fn after_session(&mut self, lasted: Duration) -> Duration {
+        if lasted >= HEALTHY_SESSION {
+            self.reset();
+        }
+        self.next_delay()
+    }
 }
+
+/// How long a session must have run for its failure to restart the backoff.
+pub const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -166,6 +179,19 @@ fn is_not_found(err: &lapin::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_healthy_session_restarts_the_backoff_and_a_short_one_does_not() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        for _ in 0..8 {
+            b.next_delay();
+        }
+        // Still failing right away: the delays stay long (at least half the 10 s cap).
+        assert!(b.after_session(Duration::from_millis(50)) >= Duration::from_secs(5));
+        // After a healthy stretch, the first delay again (at most the 100 ms initial one).
+        assert!(b.after_session(HEALTHY_SESSION) <= Duration::from_millis(100));
+        assert!(b.after_session(Duration::ZERO) <= Duration::from_millis(200));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

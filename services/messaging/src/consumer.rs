@@ -8,6 +8,11 @@
 //! transaction, so one failure costs nothing to its neighbours. Failed messages are moved to a
 //! retry tier or the dead-letter queue (publisher-confirmed) before their ack: nothing is acked
 //! before it is handled or parked.
+//!
+//! Only a handler's error is the message's fault and spends one of its attempts. While the
+//! database is unreachable, or a park fails, the messages stay unacknowledged and the lane
+//! tries again with backoff: no requeue, so none of a quorum queue's `x-delivery-limit` is spent
+//! and nothing is dead-lettered for an outage.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -185,11 +190,15 @@ impl<H: EventHandler> IdempotentConsumer<H> {
 
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     ///
-    /// Returns an error only when the topology it needs is missing. On shutdown it stops taking
+    /// Returns an error only when the topology it needs is missing as it starts (later, a
+    /// missing queue is waited for, with backoff). On shutdown it stops taking
     /// deliveries, finishes the ones it holds, then closes the connection.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let mut backoff = Backoff::default();
         let name = format!("{}-consumer-{}", self.config.service, self.config.queue);
+        let mut started = false;
+        let mut topology_backoff =
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         while !shutdown.is_cancelled() {
             let Some(conn) =
                 broker::connect_with_backoff(&self.config.amqp_url, &name, &mut backoff, &shutdown)
@@ -198,15 +207,24 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 break;
             };
             match broker::verify_topology(&conn, &self.config.required_topology()).await {
-                Ok(()) => {}
-                Err(Error::MissingTopology(what)) => return Err(Error::MissingTopology(what)),
+                Ok(()) => {
+                    started = true;
+                    topology_backoff.reset();
+                }
+                // At start a missing queue is a deployment error, said at once; once running,
+                // a queue deleted for a moment (a topology blip) must not end the consumer.
+                Err(Error::MissingTopology(what)) if !started => {
+                    return Err(Error::MissingTopology(what));
+                }
                 Err(err) => {
-                    // The connection failed mid-check: try again like any other outage.
-                    tracing::warn!(error = %err, queue = %self.config.queue, "topology check failed, reconnecting");
+                    // A missing queue, or the connection failed mid-check: try again like any
+                    // other outage (a backoff of its own: connecting resets the other one).
+                    let delay = topology_backoff.next_delay();
+                    tracing::warn!(error = %err, ?delay, queue = %self.config.queue, "topology check failed, reconnecting");
                     let _ = conn.close(200, "retrying".into()).await;
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                     continue;
                 }
@@ -264,8 +282,12 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             let (tx, rx) = mpsc::channel::<Item>(per_lane);
             senders.push(tx);
             let lane = self.clone();
-            let publisher = publish_channel.clone();
-            workers.spawn(async move { lane.run_lane(rx, publisher).await });
+            let channels = LaneChannels {
+                consume: consume_channel.clone(),
+                publish: publish_channel.clone(),
+            };
+            let stop = shutdown.clone();
+            workers.spawn(async move { lane.run_lane(rx, channels, stop).await });
         }
 
         let ended = loop {
@@ -280,8 +302,20 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                     Some(Ok(delivery)) => {
                         let decoded = Envelope::from_json(&delivery.data);
                         let lane = lane_of(&decoded, delivery.delivery_tag, lanes);
-                        if senders[lane].send(Item { delivery, decoded }).await.is_err() {
-                            break Err(Error::Config("a consumer lane stopped unexpectedly".into()));
+                        tokio::select! {
+                            sent = senders[lane].send(Item { delivery, decoded }) => {
+                                if sent.is_err() {
+                                    break Err(Error::Config("a consumer lane stopped".into()));
+                                }
+                            }
+                            // A lane held up (database outage, park retries) fills its queue;
+                            // stopping must not wait for it.
+                            _ = shutdown.cancelled() => {
+                                let _ = consume_channel
+                                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                                    .await;
+                                break Ok(());
+                            }
                         }
                     }
                     Some(Err(err)) => break Err(Error::Broker(err)),
@@ -303,7 +337,18 @@ impl<H: EventHandler> IdempotentConsumer<H> {
     /// A lane is busy for the consumer's whole life, so it keeps its connection instead of
     /// taking one from the pool per batch: that saves the pool's liveness ping, a round trip
     /// on the way of every event. A connection that fails is dropped and opened afresh.
-    async fn run_lane(self, mut rx: mpsc::Receiver<Item>, publisher: Channel) {
+    ///
+    /// An unusable database is not the messages' fault: the batch stays unacknowledged and is
+    /// tried again, with backoff, until the database answers. A requeue would spend a delivery
+    /// of each message, and quorum queues dead-letter a message after `x-delivery-limit` of
+    /// those, handled or not. The lane gives the batch up (unacknowledged: RabbitMQ delivers it
+    /// again once the channel closes) only when the consumer stops or its channel is gone.
+    async fn run_lane(
+        self,
+        mut rx: mpsc::Receiver<Item>,
+        channels: LaneChannels,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut db: Option<PgConnection> = None;
         while let Some(first) = rx.recv().await {
@@ -314,36 +359,52 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                     Err(_) => break,
                 }
             }
-            let handled = match db.as_mut() {
-                Some(conn) => self.handle_batch(conn, &batch).await,
-                None => match self.pool.connect_options().connect().await {
-                    Ok(conn) => self.handle_batch(db.insert(conn), &batch).await,
-                    Err(err) => Err(err),
-                },
+            let handled = loop {
+                let attempt = match db.as_mut() {
+                    Some(conn) => self.handle_batch(conn, &batch).await,
+                    None => match self.pool.connect_options().connect().await {
+                        Ok(conn) => self.handle_batch(db.insert(conn), &batch).await,
+                        Err(err) => Err(err),
+                    },
+                };
+                match attempt {
+                    Ok(handled) => break Some(handled),
+                    Err(err) => {
+                        if let Some(conn) = db.take() {
+                            let _ = conn.close_hard().await;
+                        }
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %err, ?delay, held = batch.len(), queue = %self.config.queue,
+                            "database unavailable; holding the batch unacknowledged until it answers");
+                        tokio::select! {
+                            _ = stop.cancelled() => break None,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        if !channels.consume.status().connected() {
+                            break None;
+                        }
+                    }
+                }
             };
-            match handled {
-                Ok(handled) => {
-                    backoff.reset();
-                    // Together: lapin resolves each ack only once its I/O loop wrote it, so
-                    // one at a time would cost a thread hand-off per message.
-                    let settles = batch
-                        .into_iter()
-                        .zip(handled)
-                        .map(|(item, handled)| self.settle(item, handled, &publisher));
-                    futures::future::join_all(settles).await;
-                }
-                Err(err) => {
-                    // The database is unusable: hand the messages back and slow down.
-                    if let Some(conn) = db.take() {
-                        let _ = conn.close_hard().await;
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, ?delay, queue = %self.config.queue, "database unavailable; requeueing batch");
-                    for item in batch {
-                        requeue(&item.delivery).await;
-                    }
-                    tokio::time::sleep(delay).await;
-                }
+            let Some(handled) = handled else {
+                // Stopping, or the deliveries' channel is gone: RabbitMQ hands them out again.
+                return;
+            };
+            backoff.reset();
+            // Together: lapin resolves each ack only once its I/O loop wrote it, so one at a
+            // time would cost a thread hand-off per message.
+            let settles = batch
+                .into_iter()
+                .zip(handled)
+                .map(|(item, handled)| self.settle(item, handled, &channels, &stop));
+            if futures::future::join_all(settles)
+                .await
+                .into_iter()
+                .any(|settled| !settled)
+            {
+                // A message could not be parked and the publishing channel is gone: end the
+                // session (its deliveries go back to the queue) and reconnect.
+                return;
             }
         }
         if let Some(conn) = db {
@@ -478,13 +539,20 @@ impl<H: EventHandler> IdempotentConsumer<H> {
     }
 
     /// Acks a handled message, or parks it (retry tier or dead-letter queue) and then acks it.
-    async fn settle(&self, item: Item, handled: Handled, publisher: &Channel) {
+    /// False when the message could not be parked because the publishing channel is gone.
+    async fn settle(
+        &self,
+        item: Item,
+        handled: Handled,
+        channels: &LaneChannels,
+        stop: &CancellationToken,
+    ) -> bool {
         let previous_attempts = header_u32(&item.delivery, retry::ATTEMPTS_HEADER);
         let disposition = match &handled {
             Handled::Done => {
                 self.metrics.consumed(item.event_type(), "success");
                 ack(&item.delivery).await;
-                return;
+                return true;
             }
             Handled::Duplicate => {
                 if let Ok(env) = &item.decoded {
@@ -492,7 +560,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 }
                 self.metrics.consumed(item.event_type(), "duplicate");
                 ack(&item.delivery).await;
-                return;
+                return true;
             }
             Handled::Failed(err) => retry::after_handler_failure(
                 &self.config.retry,
@@ -502,7 +570,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             ),
             Handled::Undecodable => match &item.decoded {
                 Err(decode_err) => retry::after_decode_failure(previous_attempts, decode_err),
-                Ok(_) => return,
+                Ok(_) => return true,
             },
         };
         let error_text = match (&handled, &item.decoded) {
@@ -541,26 +609,47 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             }
         };
         let properties = item.delivery.properties.clone().with_headers(headers);
-        match publish_confirmed(
-            publisher,
-            &exchange,
-            &routing_key,
-            &item.delivery.data,
-            properties,
-        )
-        .await
-        {
-            Ok(()) => {
-                self.metrics.consumed(item.event_type(), status);
-                if status == "dead_lettered" {
-                    Metrics::by_type(&self.metrics.events_dlq, item.event_type()).inc();
+        // A park that fails (a retry queue unbound, RabbitMQ refusing) is tried again with
+        // backoff while the message stays unacknowledged: the handler does not run again, and
+        // none of the message's attempts or deliveries are spent on it.
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match publish_confirmed(
+                &channels.publish,
+                &exchange,
+                &routing_key,
+                &item.delivery.data,
+                properties.clone(),
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.metrics.consumed(item.event_type(), status);
+                    if status == "dead_lettered" {
+                        Metrics::by_type(&self.metrics.events_dlq, item.event_type()).inc();
+                    }
+                    ack(&item.delivery).await;
+                    return true;
                 }
-                ack(&item.delivery).await;
-            }
-            Err(err) => {
-                // Not parked, so not acked: the broker will deliver it again.
-                tracing::error!(error = %err, routing_key = %routing_key, "could not park a failed message; requeueing it");
-                requeue(&item.delivery).await;
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %err, exchange = %exchange, routing_key = %routing_key, ?delay,
+                        "could not park a failed message; holding it and trying again");
+                    if !channels.publish.status().connected() {
+                        // Without a publishing channel nothing can be parked: give the message
+                        // back (the session reconnects and makes a new channel).
+                        requeue(&item.delivery).await;
+                        return false;
+                    }
+                    tokio::select! {
+                        // Unacknowledged: RabbitMQ delivers it again once the channel closes.
+                        _ = stop.cancelled() => return true,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    if !channels.consume.status().connected() {
+                        return true;
+                    }
+                }
             }
         }
     }
@@ -608,6 +697,13 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         }
         headers
     }
+}
+
+/// The channels of a consumer session a lane works with: deliveries come (and are acked) on
+/// `consume`; failed messages are parked through `publish`, in confirm mode.
+struct LaneChannels {
+    consume: Channel,
+    publish: Channel,
 }
 
 /// Records in the caller's transaction that `consumer` has applied `event_id`; false when it

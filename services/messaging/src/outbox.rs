@@ -8,7 +8,7 @@
 //! outbox", never by a high-water mark, so a row whose transaction commits after higher ids were
 //! published is still picked up (see [`crate::scan_floor`] for how the leader avoids rescanning).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use futures::FutureExt;
 use std::sync::Arc;
@@ -140,7 +140,7 @@ pub struct OutboxRelay {
 pub struct RelayChannel {
     connection: Connection,
     channel: Channel,
-    known_exchanges: HashMap<String, bool>,
+    known_exchanges: HashSet<String>,
 }
 
 impl RelayChannel {
@@ -153,7 +153,7 @@ impl RelayChannel {
         Ok(RelayChannel {
             connection,
             channel,
-            known_exchanges: HashMap::new(),
+            known_exchanges: HashSet::new(),
         })
     }
 
@@ -167,23 +167,26 @@ impl RelayChannel {
         let _ = self.connection.close(200, "relay stopping".into()).await;
     }
 
-    /// A passive check, cached per connection, so a row naming a missing exchange is held back
-    /// instead of killing the publishing channel with NOT_FOUND.
+    /// A passive check, so a row naming a missing exchange is held back instead of killing the
+    /// publishing channel with NOT_FOUND. Only an exchange found is remembered (for the
+    /// connection's life): a missing one is asked for again when its row is next due, so an
+    /// exchange declared later is used without a reconnect.
     async fn exchange_exists(&mut self, exchange: &str) -> Result<bool> {
-        if let Some(known) = self.known_exchanges.get(exchange) {
-            return Ok(*known);
+        if self.known_exchanges.contains(exchange) {
+            return Ok(true);
         }
         let required = RequiredTopology {
             exchanges: vec![exchange.to_owned()],
             queues: vec![],
         };
-        let exists = match broker::verify_topology(&self.connection, &required).await {
-            Ok(()) => true,
-            Err(Error::MissingTopology(_)) => false,
-            Err(e) => return Err(e),
-        };
-        self.known_exchanges.insert(exchange.to_owned(), exists);
-        Ok(exists)
+        match broker::verify_topology(&self.connection, &required).await {
+            Ok(()) => {
+                self.known_exchanges.insert(exchange.to_owned());
+                Ok(true)
+            }
+            Err(Error::MissingTopology(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -217,7 +220,8 @@ impl OutboxRelay {
     /// Runs until `shutdown`: waits for NOTIFY (or the fallback poll), drains the outbox in
     /// batches, reconnects with backoff when RabbitMQ or PostgreSQL goes away.
     ///
-    /// Returns an error only when the topology it needs is missing.
+    /// Returns an error only when the topology it needs is missing as it starts (later, a
+    /// missing exchange is waited for, with backoff).
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_notifications(
@@ -249,10 +253,15 @@ impl OutboxRelay {
 
     async fn run_sessions(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<()> {
         let mut backoff = Backoff::default();
+        let mut started = false;
         'session: while !shutdown.is_cancelled() {
             let mut channel = match self.connect().await {
                 Ok(c) => c,
-                Err(Error::MissingTopology(what)) => return Err(Error::MissingTopology(what)),
+                // At start a missing exchange is a deployment error, said at once; once
+                // running, an exchange gone for a moment must not end the relay.
+                Err(Error::MissingTopology(what)) if !started => {
+                    return Err(Error::MissingTopology(what));
+                }
                 Err(err) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox relay cannot connect, retrying");
@@ -262,6 +271,7 @@ impl OutboxRelay {
                     }
                 }
             };
+            started = true;
             tracing::info!(service = %self.config.service, "outbox relay connected");
             self.metrics.relay_connected.set(1);
             loop {
@@ -278,6 +288,7 @@ impl OutboxRelay {
                     tracing::warn!(service = %self.config.service, "outbox relay lost its broker connection, reconnecting");
                     continue 'session;
                 }
+                let leading_since = Instant::now();
                 match self.lead(&mut channel, wake, shutdown).await {
                     Ok(Leadership::Ended) => backoff.reset(),
                     Ok(Leadership::HeldElsewhere) => {
@@ -290,10 +301,13 @@ impl OutboxRelay {
                         }
                     }
                     Err(err) => {
-                        let delay = backoff.next_delay();
+                        // Grows while failures follow each other, starts over after a healthy
+                        // spell (it once never reset, so every later hiccup cost 5-10 s).
+                        let delay = backoff.after_session(leading_since.elapsed());
                         tracing::warn!(error = %err, ?delay, service = %self.config.service, "outbox relay failed; unconfirmed rows stay unmarked and go out again");
+                        // Not ready while it waits: nothing is published meanwhile.
+                        self.metrics.relay_connected.set(0);
                         if !channel.is_connected() {
-                            self.metrics.relay_connected.set(0);
                             channel.close().await;
                             tokio::select! {
                                 _ = shutdown.cancelled() => {}
@@ -305,6 +319,7 @@ impl OutboxRelay {
                             _ = shutdown.cancelled() => {}
                             _ = tokio::time::sleep(delay) => {}
                         }
+                        self.metrics.relay_connected.set(1);
                     }
                 }
             }
