@@ -246,14 +246,19 @@ impl Harness {
     }
 }
 
-/// Enqueues a `stock_replenished` event for `product` with `seq` in the caller's transaction.
-pub async fn enqueue_in(conn: &mut PgConnection, product: Uuid, seq: i64) -> Uuid {
+/// A `stock_replenished` event for `product` carrying `seq` (as its new stock level).
+pub fn stock_replenished(product: Uuid, seq: i64) -> Envelope {
     let event = Event::StockReplenished(StockReplenished {
         product_id: product,
         quantity_added: Quantity::new(1).expect("1 is a quantity"),
         new_stock_level: seq,
     });
-    let env = Envelope::new(event, "test-service", format!("corr-{seq}"));
+    Envelope::new(event, "test-service", format!("corr-{seq}"))
+}
+
+/// Enqueues a `stock_replenished` event for `product` with `seq` in the caller's transaction.
+pub async fn enqueue_in(conn: &mut PgConnection, product: Uuid, seq: i64) -> Uuid {
+    let env = stock_replenished(product, seq);
     warren_messaging::enqueue(conn, INVENTORY_EXCHANGE, &env)
         .await
         .expect("enqueue");

@@ -240,6 +240,14 @@ impl TestVhost {
             .expect("AMQP connection to the test vhost")
     }
 
+    /// Publishes `env` to `exchange` as the relay would: its event type as routing key, its
+    /// event id as message id (the same id every time: a second call is a redelivery).
+    pub async fn publish_envelope(&self, exchange: &str, env: &warren_messaging::Envelope) {
+        let id = env.event_id.to_string();
+        self.publish(exchange, env.event_type(), &env.to_json(), Some(&id))
+            .await;
+    }
+
     /// Publishes `body` to `exchange` as a persistent message (with `message_id` when given),
     /// mandatory and with publisher confirms; panics unless the broker routed and acked it.
     pub async fn publish(

@@ -277,14 +277,7 @@ async fn a_non_retriable_event_lands_in_the_dead_letter_queue() {
         "inventory-service",
         "corr-unknown",
     );
-    sys.vhost
-        .publish(
-            INVENTORY_EXCHANGE,
-            env.event_type(),
-            &env.to_json(),
-            Some(&env.event_id.to_string()),
-        )
-        .await;
+    sys.vhost.publish_envelope(INVENTORY_EXCHANGE, &env).await;
     let dlq = dead_letter_queue(ORDERS_INVENTORY_EVENTS_QUEUE);
     eventually(WAIT, "the event parked", || async {
         sys.vhost.ready_messages(&dlq).await == 1

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use uuid::Uuid;
-use warren_messaging::events::{Event, Quantity, StockReplenished};
 use warren_messaging::retry;
 use warren_messaging::topology::{
     INVENTORY_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE, dead_letter_queue,
@@ -15,7 +14,7 @@ use warren_messaging::{
     ConsumerConfig, Envelope, HandlerError, IdempotentConsumer, OutboxRelay, RetryPolicy,
 };
 use warren_tests::eventually;
-use warren_tests::harness::{Harness, TEST_MAX_ATTEMPTS, enqueue_in};
+use warren_tests::harness::{Harness, TEST_MAX_ATTEMPTS, enqueue_in, stock_replenished};
 use warren_tests::support::{apply_topology, header};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -612,21 +611,8 @@ async fn a_consumer_refuses_to_start_without_its_topology_and_names_what_is_miss
 /// A valid `inventory.stock_replenished` event published straight to the inventory exchange (the
 /// relay needs the database, which these tests take away); returns its id.
 async fn publish_event(h: &Harness, product: Uuid, seq: i64) -> Uuid {
-    let event = Event::StockReplenished(StockReplenished {
-        product_id: product,
-        quantity_added: Quantity::new(1).unwrap(),
-        new_stock_level: seq,
-    });
-    let env = Envelope::new(event, "test-service", format!("corr-{seq}"));
-    let id = env.event_id.to_string();
-    h.vhost
-        .publish(
-            INVENTORY_EXCHANGE,
-            env.event_type(),
-            &env.to_json(),
-            Some(&id),
-        )
-        .await;
+    let env = stock_replenished(product, seq);
+    h.vhost.publish_envelope(INVENTORY_EXCHANGE, &env).await;
     env.event_id
 }
 
@@ -703,25 +689,12 @@ async fn a_failed_park_is_tried_again_with_backoff_without_running_the_handler_a
         .mgmt
         .delete_queue(&h.vhost.name, &RetryPolicy::tier_queue(queue, 1))
         .await;
-    let product = Uuid::new_v4();
-    let event = Event::StockReplenished(StockReplenished {
-        product_id: product,
-        quantity_added: Quantity::new(1).unwrap(),
-        new_stock_level: 1,
-    });
-    let env = Envelope::new(event, "test-service", "corr-park");
+    let env = stock_replenished(Uuid::new_v4(), 1);
     h.handler.fail(
         env.event_id,
         vec![HandlerError::transient("try again later")],
     );
-    h.vhost
-        .publish(
-            INVENTORY_EXCHANGE,
-            env.event_type(),
-            &env.to_json(),
-            Some(&env.event_id.to_string()),
-        )
-        .await;
+    h.vhost.publish_envelope(INVENTORY_EXCHANGE, &env).await;
     eventually(WAIT, "first attempt", || async {
         !h.handler.attempts_of(env.event_id).is_empty()
     })
@@ -752,15 +725,7 @@ async fn an_exchange_declared_after_its_row_was_held_back_is_used_without_a_reco
     let relay = h.relay_with(config);
     let mut channel = relay.connect().await.expect("relay connects");
     let exchange = "test.late";
-    let env = Envelope::new(
-        Event::StockReplenished(StockReplenished {
-            product_id: Uuid::new_v4(),
-            quantity_added: Quantity::new(1).unwrap(),
-            new_stock_level: 1,
-        }),
-        "test-service",
-        "corr-late",
-    );
+    let env = stock_replenished(Uuid::new_v4(), 1);
     let mut tx = h.pool().begin().await.unwrap();
     warren_messaging::enqueue(&mut tx, exchange, &env)
         .await

@@ -199,15 +199,7 @@ impl Bench {
 
     /// Publishes `env` as is (the same event id every time: a redelivery).
     async fn publish_envelope(&self, env: &Envelope) {
-        let id = env.event_id.to_string();
-        self.vhost
-            .publish(
-                INVENTORY_EXCHANGE,
-                env.event_type(),
-                &env.to_json(),
-                Some(&id),
-            )
-            .await;
+        self.vhost.publish_envelope(INVENTORY_EXCHANGE, env).await;
     }
 
     /// Waits for orders to publish `event_type` for `order`; returns it.
