@@ -163,9 +163,14 @@ impl Harness {
 
     /// Starts a consumer with the recording handler in the background.
     pub fn spawn_consumer(&mut self) -> CancellationToken {
+        self.spawn_consumer_with(self.consumer_config())
+    }
+
+    /// Starts a consumer with `config` and the recording handler in the background.
+    pub fn spawn_consumer_with(&mut self, config: ConsumerConfig) -> CancellationToken {
         let consumer = IdempotentConsumer::new(
             self.db.pool.clone(),
-            self.consumer_config(),
+            config,
             self.handler.clone(),
             self.metrics.clone(),
         );

@@ -458,7 +458,9 @@ async fn two_relays_on_one_outbox_lose_nothing_and_keep_aggregate_order() {
         assert_eq!(sequences[p], (0..100).collect::<Vec<_>>(), "order of {p}");
     }
     assert!(
-        !h.metrics.encode().contains("status=\"duplicate\""),
+        h.metrics.encode().contains(
+            "test_events_consumed_total{event_type=\"inventory.stock_replenished\",status=\"duplicate\"} 0"
+        ),
         "the relays took turns: nothing went out twice"
     );
     h.stop().await;
@@ -793,5 +795,57 @@ async fn a_consumer_waits_for_a_queue_deleted_while_it_runs_and_consumes_again()
     })
     .await;
     // And the consumer task is still alive and ends cleanly (stop() checks it).
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_event_ids_are_kept_for_the_retention_then_removed() {
+    let mut h = Harness::start("prune").await;
+    let queue = ORDERS_INVENTORY_EVENTS_QUEUE;
+    // Ids applied two days ago by this consumer and by another one.
+    let (old, others) = (Uuid::new_v4(), Uuid::new_v4());
+    for (consumer, id) in [(queue, old), ("another.queue", others)] {
+        sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, event_type, processed_at) \
+             VALUES ($1, $2, 'inventory.stock_replenished', now() - interval '2 days')",
+        )
+        .bind(consumer)
+        .bind(id)
+        .execute(h.pool())
+        .await
+        .unwrap();
+    }
+    let mut config = h.consumer_config();
+    config.processed_retention = Duration::from_secs(24 * 3600);
+    config.housekeeping_interval = Duration::from_millis(200);
+    h.spawn_consumer_with(config);
+    let recent = publish_event(&h, Uuid::new_v4(), 1).await;
+    eventually(WAIT, "a new event applied", || async {
+        h.effects_of(recent).await == 1
+    })
+    .await;
+    let kept = |consumer: &'static str, id: Uuid| {
+        let pool = h.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM processed_events WHERE consumer = $1 AND event_id = $2",
+            )
+            .bind(consumer)
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        }
+    };
+    eventually(WAIT, "the id past retention removed", || async {
+        !kept(queue, old).await
+    })
+    .await;
+    assert!(kept(queue, recent).await, "a recent id stays");
+    assert!(
+        kept("another.queue", others).await,
+        "another consumer's ids are its own business"
+    );
     h.stop().await;
 }

@@ -27,8 +27,8 @@ use crate::store::{self, ReserveOutcome, ReserveRequest};
 /// Longest product name accepted.
 const MAX_NAME_CHARS: usize = 200;
 
-/// What the background tasks report for `/readyz`, besides the connection state the messaging
-/// core keeps in [`Metrics`].
+/// What the background tasks report for `/readyz` and `/healthz`, besides the connection state
+/// the messaging core keeps in [`Metrics`].
 #[derive(Clone, Default)]
 pub struct Readiness {
     /// The outbox relay or the consumer has stopped for good.
@@ -82,8 +82,15 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz(State(state): State<AppState>) -> Response {
+    let stopped: &[&str] = if state.readiness.messaging_stopped.load(Ordering::Relaxed) {
+        &["messaging"]
+    } else {
+        &[]
+    };
+    let (status, body) = warren_messaging::process::liveness(stopped);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (status, Json(body)).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -76,6 +76,12 @@ pub struct ConsumerConfig {
     pub max_batch: usize,
     /// Retry tiers and attempt budget.
     pub retry: RetryPolicy,
+    /// How long an applied event's id is kept in `processed_events` (the window in which a
+    /// redelivery of it is recognised): far longer than any redelivery, retry tier or replay
+    /// of a duplicate takes. Older ids are removed, so the table does not grow without bound.
+    pub processed_retention: Duration,
+    /// How often ids past `processed_retention` are removed.
+    pub housekeeping_interval: Duration,
 }
 
 impl ConsumerConfig {
@@ -91,6 +97,8 @@ impl ConsumerConfig {
             lanes: 8,
             max_batch: 100,
             retry: RetryPolicy::default(),
+            processed_retention: DEFAULT_PROCESSED_RETENTION,
+            housekeeping_interval: Duration::from_secs(60),
         }
     }
 
@@ -105,6 +113,9 @@ impl ConsumerConfig {
     }
 }
 
+/// Seven days: a redelivery, a retry tier (minutes) or a relay's duplicate come long before.
+pub const DEFAULT_PROCESSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// One delivery and what decoding made of it.
 struct Item {
     delivery: Delivery,
@@ -112,10 +123,24 @@ struct Item {
 }
 
 impl Item {
+    /// The event's id for logs: the decoded one, else the message id (the relay sets it to the
+    /// event id), else `unknown`.
+    fn event_id(&self) -> String {
+        match &self.decoded {
+            Ok(env) => env.event_id.to_string(),
+            Err(_) => self
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), |id| id.to_string()),
+        }
+    }
+
     fn event_type(&self) -> &str {
         match &self.decoded {
             Ok(env) => env.event_type(),
-            Err(_) => "unknown",
+            Err(_) => crate::metrics::UNKNOWN_EVENT_TYPE,
         }
     }
 }
@@ -194,6 +219,36 @@ impl<H: EventHandler> IdempotentConsumer<H> {
     /// missing queue is waited for, with backoff). On shutdown it stops taking
     /// deliveries, finishes the ones it holds, then closes the connection.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let housekeeper = tokio::spawn(self.clone().keep_house(shutdown.child_token()));
+        let result = self.consume(&shutdown).await;
+        housekeeper.abort();
+        let _ = housekeeper.await;
+        result
+    }
+
+    /// Every `housekeeping_interval` until `stop`: removes this consumer's ids past retention.
+    async fn keep_house(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.config.housekeeping_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(err) = prune_processed(
+                &self.pool,
+                &self.config.queue,
+                self.config.processed_retention,
+            )
+            .await
+            {
+                tracing::warn!(error = %err, queue = %self.config.queue, "processed_events cleanup failed; trying again later");
+            }
+        }
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
+        let shutdown = shutdown.clone();
         let mut backoff = Backoff::default();
         let name = format!("{}-consumer-{}", self.config.service, self.config.queue);
         let mut started = false;
@@ -585,7 +640,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 attempts,
             } => {
                 tracing::warn!(
-                    event_id = ?item.decoded.as_ref().ok().map(|e| e.event_id),
+                    event_id = %item.event_id(),
                     attempts, ?delay, error = %error_text, "handling failed; retrying later");
                 let headers = self.park_headers(&item, *attempts, &error_text, None);
                 (String::new(), queue.clone(), headers, "retried")
@@ -596,7 +651,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 attempts,
             } => {
                 tracing::error!(
-                    event_id = ?item.decoded.as_ref().ok().map(|e| e.event_id),
+                    event_id = %item.event_id(),
                     correlation_id = ?item.decoded.as_ref().ok().map(|e| e.metadata.correlation_id.clone()),
                     reason, attempts, detail = %detail, "message dead-lettered");
                 let headers = self.park_headers(&item, *attempts, detail, Some(reason));
@@ -704,6 +759,32 @@ impl<H: EventHandler> IdempotentConsumer<H> {
 struct LaneChannels {
     consume: Channel,
     publish: Channel,
+}
+
+/// Removes the ids `consumer` applied more than `retention` ago, in chunks (a long backlog of
+/// old rows never holds one long transaction); returns how many went.
+pub async fn prune_processed(
+    pool: &PgPool,
+    consumer: &str,
+    retention: Duration,
+) -> std::result::Result<u64, sqlx::Error> {
+    let mut removed = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM processed_events WHERE ctid = ANY(ARRAY( \
+             SELECT ctid FROM processed_events \
+             WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2) LIMIT 5000))",
+        )
+        .bind(consumer)
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+        removed += deleted;
+        if deleted < 5000 {
+            return Ok(removed);
+        }
+    }
 }
 
 /// Records in the caller's transaction that `consumer` has applied `event_id`; false when it

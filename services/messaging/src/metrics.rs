@@ -14,6 +14,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// The `event_type` label of a message that could not be decoded.
+pub const UNKNOWN_EVENT_TYPE: &str = "unknown";
+
+/// Every `status` of `events_consumed`.
+pub const CONSUMED_STATUSES: [&str; 4] = ["success", "duplicate", "retried", "dead_lettered"];
+
 /// Labels of per-event-type metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventTypeLabels {
@@ -150,9 +156,36 @@ impl Metrics {
             "1 while the consumer of a queue is consuming",
             m.consumer_connected.clone(),
         );
+        m.zero_every_series();
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             ..m
+        }
+    }
+
+    /// Creates, at 0, every counter series the code can bump (each event type, `unknown` for an
+    /// undecodable message, and each outcome). A series that appears only at its first
+    /// increment is absent after every restart, and `rate()`/`increase()` alerts then see
+    /// nothing: a first dead letter would never fire "dead-lettered > 0".
+    fn zero_every_series(&self) {
+        let types = crate::events::EVENT_TYPES
+            .iter()
+            .copied()
+            .chain([UNKNOWN_EVENT_TYPE]);
+        for event_type in types {
+            let by_type = EventTypeLabels {
+                event_type: event_type.to_owned(),
+            };
+            // The guards are dropped at once: creating the series is all that is wanted.
+            drop(self.events_published.get_or_create(&by_type));
+            drop(self.events_publish_errors.get_or_create(&by_type));
+            drop(self.events_dlq.get_or_create(&by_type));
+            for status in CONSUMED_STATUSES {
+                drop(self.events_consumed.get_or_create(&ConsumedLabels {
+                    event_type: event_type.to_owned(),
+                    status: status.to_owned(),
+                }));
+            }
         }
     }
 
@@ -239,5 +272,25 @@ mod tests {
             "orders_events_publish_duration_seconds_bucket{le=\"0.0032\",event_type=\"order.cancelled\"} 1"
         ), "{text}");
         assert!(text.contains("orders_events_lag_seconds"));
+    }
+
+    #[test]
+    fn every_counter_series_exists_at_zero_from_the_start() {
+        let text = Metrics::new("inventory").encode();
+        for event_type in crate::events::EVENT_TYPES
+            .iter()
+            .chain(&[UNKNOWN_EVENT_TYPE])
+        {
+            for family in ["events_published", "events_publish_errors", "events_dlq"] {
+                let series = format!("inventory_{family}_total{{event_type=\"{event_type}\"}} 0");
+                assert!(text.contains(&series), "{series} missing from\n{text}");
+            }
+            for status in CONSUMED_STATUSES {
+                let series = format!(
+                    "inventory_events_consumed_total{{event_type=\"{event_type}\",status=\"{status}\"}} 0"
+                );
+                assert!(text.contains(&series), "{series} missing");
+            }
+        }
     }
 }

@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}/cancel", post(cancel_order))
         .route("/orders/{id}/complete", post(complete_order))
         .route("/orders/{id}/payment-failed", post(payment_failed))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -322,6 +322,12 @@ async fn payment_failed(
         detail.as_deref(),
     )
     .await
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let (status, body) = warren_messaging::process::liveness(&state.readiness.stopped_tasks());
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (status, axum::Json(body)).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -79,6 +79,15 @@ impl Readiness {
         }
     }
 
+    /// The background tasks that have ended for good (for `/healthz`).
+    pub fn stopped_tasks(&self) -> Vec<&'static str> {
+        [("relay", &self.relay), ("consumer", &self.consumer)]
+            .into_iter()
+            .filter(|(_, alive)| !alive.get())
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// Runs the checks.
     pub async fn check(&self) -> ReadinessReport {
         let database = matches!(
