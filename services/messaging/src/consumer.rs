@@ -216,8 +216,10 @@ impl<H: EventHandler> IdempotentConsumer<H> {
     /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
     ///
     /// Returns an error only when the topology it needs is missing as it starts (later, a
-    /// missing queue is waited for, with backoff). On shutdown it stops taking
-    /// deliveries, finishes the ones it holds, then closes the connection.
+    /// missing queue is waited for, with backoff). On shutdown it stops taking deliveries,
+    /// finishes the ones it holds (a batch held up by a database outage is left unacknowledged:
+    /// RabbitMQ delivers it again), then closes the connection. Meanwhile a housekeeping task
+    /// prunes `processed_events`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let housekeeper = tokio::spawn(self.clone().keep_house(shutdown.child_token()));
         let result = self.consume(&shutdown).await;
@@ -247,6 +249,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         }
     }
 
+    /// The connect, check and consume loop of [`IdempotentConsumer::run`].
     async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
         let shutdown = shutdown.clone();
         let mut backoff = Backoff::default();
