@@ -91,19 +91,29 @@ impl Sandbox {
     }
 }
 
+/// Runs a cleanup from `Drop`, which cannot await and may run after the test's runtime is
+/// gone: on a thread and runtime of its own, waiting for it to finish.
+fn clean_up<F>(cleanup: F)
+where
+    F: std::future::Future + Send + 'static,
+{
+    let thread = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    });
+    let _ = thread.join();
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let vhost = self.vhost.clone();
-        // Drop cannot await, and the test's runtime may be gone: clean up on a runtime of our own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                let _ = runtime.block_on(async { api().delete_vhost(&vhost).await });
-            }
+        clean_up(async move {
+            let _ = api().delete_vhost(&vhost).await;
         });
-        let _ = cleanup.join();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -719,21 +729,13 @@ impl Drop for PolicymakerUser {
     fn drop(&mut self) {
         let url = format!("{MANAGEMENT_URL}/api/users/{}", self.credentials.username);
         let guest = connection().credentials;
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime {
-                let _ = runtime.block_on(async {
-                    reqwest::Client::new()
-                        .delete(url)
-                        .basic_auth(&guest.username, Some(&guest.password))
-                        .send()
-                        .await
-                });
-            }
+        clean_up(async move {
+            let _ = reqwest::Client::new()
+                .delete(url)
+                .basic_auth(&guest.username, Some(&guest.password))
+                .send()
+                .await;
         });
-        let _ = cleanup.join();
     }
 }
 

@@ -230,23 +230,15 @@ impl<H: EventHandler> IdempotentConsumer<H> {
 
     /// Every `housekeeping_interval` until `stop`: removes this consumer's ids past retention.
     async fn keep_house(self, stop: CancellationToken) {
-        let mut every = tokio::time::interval(self.config.housekeeping_interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
-            if let Err(err) = prune_processed(
-                &self.pool,
-                &self.config.queue,
-                self.config.processed_retention,
-            )
-            .await
+        let config = &self.config;
+        crate::periodic::every(config.housekeeping_interval, stop, || async {
+            if let Err(err) =
+                prune_processed(&self.pool, &config.queue, config.processed_retention).await
             {
-                tracing::warn!(error = %err, queue = %self.config.queue, "processed_events cleanup failed; trying again later");
+                tracing::warn!(error = %err, queue = %config.queue, "processed_events cleanup failed; trying again later");
             }
-        }
+        })
+        .await;
     }
 
     /// The connect, check and consume loop of [`IdempotentConsumer::run`].

@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod events;
 pub mod metrics;
 pub mod outbox;
+mod periodic;
 pub mod process;
 pub mod retry;
 mod scan_floor;

@@ -241,14 +241,10 @@ impl OutboxRelay {
     /// and refreshes the backlog gauges. A task of its own on the pool, on every replica, so a
     /// long cleanup never holds up publishing.
     async fn keep_house(self, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(self.config.housekeeping_interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = every.tick() => self.housekeeping().await,
-            }
-        }
+        crate::periodic::every(self.config.housekeeping_interval, shutdown, || {
+            self.housekeeping()
+        })
+        .await;
     }
 
     async fn run_sessions(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<()> {
