@@ -163,7 +163,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
     api_server.broker_and_secret(&broker, &secret()).await;
     let status = api_server.status(BINDINGS, &object).await;
     assert_eq!(ready(&status)["reason"], "Created", "{status}");
-    assert_eq!(api_server.event().await["reason"], "Created");
+    api_server.event_with_reason("Created").await;
     assert!(finish(task).await.is_ok());
     api_server.assert_idle();
     assert!(bound(&vhost.0).await, "the binding exists in RabbitMQ");
@@ -171,7 +171,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
     let deleting = binding_json(&vhost.0, true);
     let task = tokio::spawn(reconcile(typed::<Binding>(&deleting), ctx));
     api_server.broker_and_secret(&broker, &secret()).await;
-    assert_eq!(api_server.event().await["reason"], "Deleted");
+    api_server.event_with_reason("Deleted").await;
     api_server.finalizer_removed(BINDINGS, &deleting).await;
     assert!(finish(task).await.is_ok());
     api_server.assert_idle();
@@ -368,7 +368,7 @@ async fn cleanup_also_deletes_a_recorded_binding_left_by_a_crash_and_nothing_els
     api_server
         .broker_and_secret(&controller_support::broker(&management_url()), &secret())
         .await;
-    assert_eq!(api_server.event().await["reason"], "Deleted");
+    api_server.event_with_reason("Deleted").await;
     api_server.finalizer_removed(BINDINGS, &object).await;
     assert!(finish(task).await.is_ok());
     api_server.assert_idle();
@@ -408,7 +408,7 @@ async fn an_unreachable_broker_is_ready_false_and_retried_with_growing_backoff()
             || secret_password == "guest",
         "credentials never appear in status"
     );
-    assert_eq!(api_server.event().await["reason"], "BrokerUnreachable");
+    api_server.event_with_reason("BrokerUnreachable").await;
     let error = finish(task)
         .await
         .err()
@@ -445,7 +445,7 @@ async fn cleanup_retries_an_unreachable_broker_then_gives_up_after_the_grace_per
     let fresh = queue_json(Some(jiff::Timestamp::now()));
     let task = tokio::spawn(reconcile(typed::<Queue>(&fresh), ctx.clone()));
     api_server.broker_and_secret(&broker, &secret()).await;
-    assert_eq!(api_server.event().await["reason"], "CleanupFailed");
+    api_server.event_with_reason("CleanupFailed").await;
     assert!(finish(task).await.is_err());
     api_server.assert_idle();
 

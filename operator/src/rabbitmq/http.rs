@@ -393,12 +393,8 @@ impl ManagementApi for HttpManagementApi {
         // only (401 "Not administrator user" for a user tagged management or policymaker, seen on
         // 3.10), while the list holds every vhost the user has permissions in. A vhost the
         // Broker's user may not use is thus as missing as one that does not exist.
-        #[derive(Deserialize)]
-        struct Vhost {
-            name: String,
-        }
-        let vhosts: Vec<Vhost> = self.list("vhosts?columns=name").await?;
-        Ok(vhosts.iter().any(|v| v.name == vhost))
+        let listed: Vec<Value> = self.list("vhosts?columns=name").await?;
+        Ok(listed_vhost_names(&listed).any(|name| name == vhost))
     }
 
     async fn ensure_vhost(&self, vhost: &str) -> Result<()> {
@@ -565,9 +561,26 @@ impl HttpManagementApi {
     }
 }
 
+/// The names in `GET /api/vhosts?columns=name`. Entries are read loosely because RabbitMQ lists a
+/// vhost that another client is deleting at that moment as an empty list, `[]`, instead of an
+/// object (seen on 3.10 with tests creating and deleting vhosts in parallel); such an entry names
+/// no vhost.
+fn listed_vhost_names(listed: &[Value]) -> impl Iterator<Item = &str> {
+    listed
+        .iter()
+        .filter_map(|entry| entry.get("name").and_then(Value::as_str))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vhost_listed_without_its_name_is_skipped_not_an_error() {
+        let listed = json!([[], {}, {"name": "orders"}]);
+        let listed = listed.as_array().map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(listed_vhost_names(listed).collect::<Vec<_>>(), ["orders"]);
+    }
 
     #[test]
     fn default_vhost_is_percent_encoded() {

@@ -105,6 +105,13 @@ impl ApiServer {
         event
     }
 
+    /// Expects an Event with this reason; a failure shows the whole Event, message included.
+    pub async fn event_with_reason(&mut self, reason: &str) -> Value {
+        let event = self.event().await;
+        assert_eq!(event["reason"], reason, "{event}");
+        event
+    }
+
     /// Expects the Broker lookup and its Secret, answered with these fixtures.
     pub async fn broker_and_secret(&mut self, broker: &Value, secret: &Value) {
         self.answer(Method::GET, BROKER_URI, 200, broker).await;
