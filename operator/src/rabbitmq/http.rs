@@ -199,9 +199,14 @@ impl HttpManagementApi {
     }
 
     /// GET of a list that must exist (a missing vhost is an error here, not an empty list).
+    /// Entries of objects that vanish while RabbitMQ lists them are skipped (see
+    /// [`listed_entries`]).
     async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
-        match self.get(path).await? {
-            Some(items) => Ok(items),
+        match self.get::<Vec<Value>>(path).await? {
+            Some(items) => listed_entries(items).map_err(|source| Error::InvalidResponse {
+                path: format!("/api/{path}"),
+                source,
+            }),
             None => Err(Error::RabbitMq {
                 method: "GET".to_owned(),
                 path: format!("/api/{path}"),
@@ -393,8 +398,12 @@ impl ManagementApi for HttpManagementApi {
         // only (401 "Not administrator user" for a user tagged management or policymaker, seen on
         // 3.10), while the list holds every vhost the user has permissions in. A vhost the
         // Broker's user may not use is thus as missing as one that does not exist.
-        let listed: Vec<Value> = self.list("vhosts?columns=name").await?;
-        Ok(listed_vhost_names(&listed).any(|name| name == vhost))
+        #[derive(Deserialize)]
+        struct Vhost {
+            name: String,
+        }
+        let vhosts: Vec<Vhost> = self.list("vhosts?columns=name").await?;
+        Ok(vhosts.iter().any(|v| v.name == vhost))
     }
 
     async fn ensure_vhost(&self, vhost: &str) -> Result<()> {
@@ -561,14 +570,16 @@ impl HttpManagementApi {
     }
 }
 
-/// The names in `GET /api/vhosts?columns=name`. Entries are read loosely because RabbitMQ lists a
-/// vhost that another client is deleting at that moment as an empty list, `[]`, instead of an
-/// object (seen on 3.10 with tests creating and deleting vhosts in parallel); such an entry names
-/// no vhost.
-fn listed_vhost_names(listed: &[Value]) -> impl Iterator<Item = &str> {
-    listed
-        .iter()
-        .filter_map(|entry| entry.get("name").and_then(Value::as_str))
+/// The entries of a listing, without those RabbitMQ shows as an empty list, `[]`, instead of an
+/// object: an object that another client is deleting at that moment (seen on 3.10 for vhosts,
+/// with tests creating and deleting vhosts in parallel). Such an entry names nothing, and failing
+/// the whole listing on it would fail a reconcile for someone else's delete.
+fn listed_entries<T: DeserializeOwned>(items: Vec<Value>) -> serde_json::Result<Vec<T>> {
+    items
+        .into_iter()
+        .filter(|item| item.as_array().is_none_or(|entry| !entry.is_empty()))
+        .map(serde_json::from_value)
+        .collect()
 }
 
 #[cfg(test)]
@@ -576,10 +587,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_vhost_listed_without_its_name_is_skipped_not_an_error() {
-        let listed = json!([[], {}, {"name": "orders"}]);
-        let listed = listed.as_array().map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(listed_vhost_names(listed).collect::<Vec<_>>(), ["orders"]);
+    fn an_entry_listed_as_an_empty_list_is_skipped_not_an_error() {
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct Named {
+            name: String,
+        }
+        let listed: Vec<Named> = listed_entries(vec![json!([]), json!({"name": "orders"})])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            listed,
+            [Named {
+                name: "orders".into()
+            }]
+        );
+        let malformed = listed_entries::<Named>(vec![json!({"title": "orders"})]);
+        assert!(malformed.is_err(), "anything else is still malformed");
     }
 
     #[test]
