@@ -29,6 +29,8 @@ pub struct RecordingHandler {
     pub script: Arc<Mutex<HashMap<Uuid, VecDeque<HandlerError>>>>,
     /// When each event id was handed to the handler, successful or not.
     pub attempts: Arc<Mutex<HashMap<Uuid, Vec<Instant>>>>,
+    /// The event ids whose effect committed, in the order `committed` was called.
+    pub committed: Arc<Mutex<Vec<Uuid>>>,
 }
 
 impl RecordingHandler {
@@ -44,6 +46,14 @@ impl RecordingHandler {
             .cloned()
             .unwrap_or_default()
     }
+
+    /// How many times `committed` was called for `event_id`.
+    pub fn commits_of(&self, event_id: Uuid) -> usize {
+        lock(&self.committed)
+            .iter()
+            .filter(|id| **id == event_id)
+            .count()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -51,7 +61,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl EventHandler for RecordingHandler {
-    async fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+    type Applied = Uuid;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<Uuid, HandlerError> {
         lock(&self.attempts)
             .entry(event.event_id)
             .or_default()
@@ -72,7 +88,11 @@ impl EventHandler for RecordingHandler {
             .bind(seq)
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(event.event_id)
+    }
+
+    fn committed(&self, event_id: Uuid) {
+        lock(&self.committed).push(event_id);
     }
 }
 

@@ -612,6 +612,40 @@ async fn a_consumer_refuses_to_start_without_its_topology_and_names_what_is_miss
 
 /// A valid `inventory.stock_replenished` event published straight to the inventory exchange (the
 /// relay needs the database, which these tests take away); returns its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_rolled_back_batch_applied_is_committed_once_not_once_per_attempt() {
+    let mut h = Harness::start("commit-once").await;
+    // One lane, so events queued before the consumer starts reach it in batches.
+    let product = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for seq in 0..20 {
+        ids.push(publish_event(&h, product, seq).await);
+    }
+    // A failure late in a batch rolls back the events before it, which are then handled again
+    // one by one.
+    for at in [5, 10, 15, 19] {
+        h.handler
+            .fail(ids[at], vec![HandlerError::transient("scripted failure")]);
+    }
+    let mut config = h.consumer_config();
+    config.lanes = 1;
+    h.spawn_consumer_with(config);
+    eventually(WAIT, "every event applied", || async {
+        h.effects().await == 20
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(h.handler.commits_of(*id), 1, "event {id} committed once");
+    }
+    assert!(
+        ids.iter()
+            .enumerate()
+            .any(|(at, id)| ![5, 10, 15, 19].contains(&at) && h.handler.attempts_of(*id).len() > 1),
+        "some event was handled in a batch that rolled back, and handled again"
+    );
+    h.stop().await;
+}
+
 async fn publish_event(h: &Harness, product: Uuid, seq: i64) -> Uuid {
     let env = stock_replenished(product, seq);
     h.vhost.publish_envelope(INVENTORY_EXCHANGE, &env).await;

@@ -1,6 +1,7 @@
 //! The consumer side: `order.completed` confirms an order's reservations, `order.cancelled` and
 //! `order.payment_failed` release them. Everything goes through the consumer's transaction, so
-//! the effect, its events and the processed-event record commit together.
+//! the effect, its events and the processed-event record commit together; the business counters
+//! move only once that transaction committed.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -17,6 +18,17 @@ pub struct OrderEventsHandler {
     metrics: InventoryMetrics,
 }
 
+/// What one order event did to the order's reservations, counted after the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing changed (a repeat, or an order with nothing reserved).
+    Nothing,
+    /// This many reservations were confirmed.
+    Confirmed(usize),
+    /// This many reservations were released, for this reason.
+    Released(ReleaseReason, usize),
+}
+
 impl OrderEventsHandler {
     /// A handler counting its work in `metrics`.
     pub fn new(metrics: InventoryMetrics) -> OrderEventsHandler {
@@ -27,7 +39,7 @@ impl OrderEventsHandler {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<Settled, crate::Error> {
         // `abandoned` is the release reason of a cancellation or failed payment; inventory's
         // own events are not routed here, and anything else is not ours to act on.
         let (order_id, abandoned, items) = match &envelope.event {
@@ -38,7 +50,7 @@ impl OrderEventsHandler {
             }
             other => {
                 tracing::debug!(event_type = other.event_type(), "ignoring event");
-                return Ok(());
+                return Ok(Settled::Nothing);
             }
         };
         // A lock wait past the bound fails the attempt as transient: the event is retried.
@@ -62,24 +74,25 @@ impl OrderEventsHandler {
             None => reservation::on_order_completed(&statuses),
             Some(reason) => reservation::on_order_abandoned(&statuses, reason),
         };
-        match settlement {
+        let settled = match settlement {
             Settlement::Nothing => {
                 // Orders may cancel before anything was reserved, or deliver a repeat.
                 tracing::info!(%order_id, reservations = reservations.len(), "nothing left to settle");
+                Settled::Nothing
             }
             Settlement::Confirm => {
                 let n = store::confirm_locked(conn, &reservations, &correlation_id).await?;
-                self.metrics.confirmed(n);
                 tracing::info!(%order_id, confirmed = n, "order's reservations confirmed");
+                Settled::Confirmed(n)
             }
             Settlement::Release(reason) => {
                 let n =
                     store::release_locked(conn, &reservations, reason, |_| correlation_id.clone())
                         .await?;
-                self.metrics.released(reason, n);
                 tracing::info!(%order_id, released = n, reason = reservation::release_reason_str(reason), "order's reservations released");
+                Settled::Released(reason, n)
             }
-        }
+        };
         if let Some(reason) = abandoned {
             // A reservation request still in flight for this order (a retry, a slow network)
             // must not hold stock for an order that is gone: close the lines never reserved,
@@ -89,12 +102,18 @@ impl OrderEventsHandler {
                 tracing::info!(%order_id, closed, "lines never reserved are closed");
             }
         }
-        Ok(())
+        Ok(settled)
     }
 }
 
 impl EventHandler for OrderEventsHandler {
-    async fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+    type Applied = Settled;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<Settled, HandlerError> {
         self.settle(conn, event).await.map_err(|err| match err {
             crate::Error::Database(db) => HandlerError::from(db),
             crate::Error::Messaging(warren_messaging::Error::Database(db)) => {
@@ -103,5 +122,13 @@ impl EventHandler for OrderEventsHandler {
             // Counters that would not balance are a bug or a corrupted row: retrying cannot help.
             other => HandlerError::permanent(other),
         })
+    }
+
+    fn committed(&self, settled: Settled) {
+        match settled {
+            Settled::Nothing => {}
+            Settled::Confirmed(n) => self.metrics.confirmed(n),
+            Settled::Released(reason, n) => self.metrics.released(reason, n),
+        }
     }
 }

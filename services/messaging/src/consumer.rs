@@ -44,14 +44,28 @@ use crate::{Error, Result};
 ///
 /// Everything the handler writes through `conn` commits together with the record that the
 /// event was processed; it may also [`crate::outbox::enqueue`] events of its own there.
+///
+/// A handler may run more than once for one delivery: when a later event of its batch fails,
+/// the batch's transaction rolls back and each event is handled again in a transaction of its
+/// own. So anything outside the database (a business counter, a measurement) belongs in
+/// [`EventHandler::committed`], which sees only what committed.
 pub trait EventHandler: Send + Sync + 'static {
+    /// What applying one event did, for [`EventHandler::committed`] (`()` when nothing).
+    type Applied: Send + 'static;
+
     /// Applies `event`. Return [`HandlerError::Transient`] to retry later, or
     /// [`HandlerError::Permanent`] to dead-letter the message.
     fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send + 'a;
+    ) -> impl Future<Output = std::result::Result<Self::Applied, HandlerError>> + Send + 'a;
+
+    /// Called once with what [`EventHandler::handle`] returned, right after the transaction that
+    /// applied the event committed; never for a rolled-back attempt.
+    fn committed(&self, applied: Self::Applied) {
+        let _ = applied;
+    }
 }
 
 /// How the consumer behaves.
@@ -154,9 +168,6 @@ enum Handled {
     Undecodable,
 }
 
-/// Called with each event whose effect was just committed (for lag measurements).
-pub type CommitObserver = Arc<dyn Fn(&Envelope) + Send + Sync>;
-
 /// How the one-transaction fast path for a batch ended.
 enum BatchAttempt {
     Committed(Vec<Handled>),
@@ -169,7 +180,6 @@ pub struct IdempotentConsumer<H> {
     config: Arc<ConsumerConfig>,
     handler: Arc<H>,
     metrics: Metrics,
-    on_commit: Option<CommitObserver>,
 }
 
 impl<H> Clone for IdempotentConsumer<H> {
@@ -179,7 +189,6 @@ impl<H> Clone for IdempotentConsumer<H> {
             config: self.config.clone(),
             handler: self.handler.clone(),
             metrics: self.metrics.clone(),
-            on_commit: self.on_commit.clone(),
         }
     }
 }
@@ -192,24 +201,16 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             config: Arc::new(config),
             handler: Arc::new(handler),
             metrics,
-            on_commit: None,
         }
     }
 
-    /// Calls `observer` with every event right after its effect committed.
-    pub fn with_commit_observer(mut self, observer: CommitObserver) -> Self {
-        self.on_commit = Some(observer);
-        self
-    }
-
-    fn committed<'a>(&self, events: impl IntoIterator<Item = &'a Envelope>) {
+    /// After a commit: the end-to-end lag of each event, then the handler's own bookkeeping.
+    fn committed<'a>(&self, applied: impl IntoIterator<Item = (&'a Envelope, H::Applied)>) {
         let now = chrono::Utc::now();
-        for env in events {
+        for (env, applied) in applied {
             let lag = (now - env.timestamp).to_std().unwrap_or_default();
             self.metrics.events_lag.observe(lag.as_secs_f64());
-            if let Some(observer) = &self.on_commit {
-                observer(env);
-            }
+            self.handler.committed(applied);
         }
     }
 
@@ -514,6 +515,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         .into_iter()
         .collect();
         let mut handled_ids = HashSet::with_capacity(fresh.len());
+        let mut applied = Vec::with_capacity(fresh.len());
         let mut out = Vec::with_capacity(batch.len());
         for (index, item) in batch.iter().enumerate() {
             let Ok(env) = &item.decoded else {
@@ -532,20 +534,17 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 .instrument(event_span(env))
                 .await;
             self.observe_processing(env, started);
-            if let Err(err) = result {
-                tx.rollback().await?;
-                return Ok(BatchAttempt::FailedAt(index, err));
+            match result {
+                Ok(what) => applied.push((env, what)),
+                Err(err) => {
+                    tx.rollback().await?;
+                    return Ok(BatchAttempt::FailedAt(index, err));
+                }
             }
             out.push(Handled::Done);
         }
         tx.commit().await?;
-        self.committed(
-            batch
-                .iter()
-                .zip(&out)
-                .filter(|(_, h)| matches!(h, Handled::Done))
-                .filter_map(|(i, _)| i.decoded.as_ref().ok()),
-        );
+        self.committed(applied);
         Ok(BatchAttempt::Committed(out))
     }
 
@@ -567,9 +566,9 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             .await;
         self.observe_processing(env, started);
         match result {
-            Ok(()) => {
+            Ok(applied) => {
                 tx.commit().await?;
-                self.committed([env]);
+                self.committed([(env, applied)]);
                 Ok(Handled::Done)
             }
             Err(err) => {

@@ -9,15 +9,32 @@ use warren_messaging::{Envelope, Event, EventHandler, HandlerError};
 
 use crate::Error;
 use crate::lifecycle::{self, Input, ItemFact, ItemStatus, Reason, Transition};
+use crate::metrics::OrdersMetrics;
 use crate::store::{self, LineChange};
 
 /// Applies `inventory.reserved`, `inventory.confirmed` and `inventory.released` to orders;
-/// stock events are acknowledged (and counted by the consumer's commit observer).
-#[derive(Clone, Default)]
-pub struct InventoryEventHandler;
+/// stock events are acknowledged and counted once committed.
+#[derive(Clone)]
+pub struct InventoryEventHandler {
+    metrics: OrdersMetrics,
+}
+
+impl InventoryEventHandler {
+    /// A handler counting stock events in `metrics`.
+    pub fn new(metrics: OrdersMetrics) -> InventoryEventHandler {
+        InventoryEventHandler { metrics }
+    }
+}
 
 impl EventHandler for InventoryEventHandler {
-    async fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+    /// The type of a stock event, to count; `None` for an order's line fact.
+    type Applied = Option<&'static str>;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<Option<&'static str>, HandlerError> {
         let (order_id, product_id, reservation_id, fact) = match &event.event {
             Event::InventoryReserved(e) => (
                 e.order_id,
@@ -37,7 +54,9 @@ impl EventHandler for InventoryEventHandler {
                 e.reservation_id,
                 LineFact::Released(e.reason.into()),
             ),
-            Event::StockDepleted(_) | Event::StockReplenished(_) => return Ok(()),
+            Event::StockDepleted(_) | Event::StockReplenished(_) => {
+                return Ok(Some(event.event.event_type()));
+            }
             other => {
                 return Err(HandlerError::permanent(format!(
                     "orders does not consume `{}`",
@@ -54,7 +73,14 @@ impl EventHandler for InventoryEventHandler {
                 }
                 other => HandlerError::transient(other),
             })?
-            .map_err(HandlerError::permanent)
+            .map_err(HandlerError::permanent)?;
+        Ok(None)
+    }
+
+    fn committed(&self, stock_event: Option<&'static str>) {
+        if let Some(event_type) = stock_event {
+            self.metrics.stock_event(event_type);
+        }
     }
 }
 

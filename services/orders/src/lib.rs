@@ -28,9 +28,7 @@ use tokio_util::sync::CancellationToken;
 use warren_messaging::broker;
 use warren_messaging::config::redact;
 use warren_messaging::topology::{ORDERS_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE};
-use warren_messaging::{
-    ConsumerConfig, Event, IdempotentConsumer, Metrics, OutboxRelay, RelayConfig,
-};
+use warren_messaging::{ConsumerConfig, IdempotentConsumer, Metrics, OutboxRelay, RelayConfig};
 
 pub use config::Config;
 
@@ -227,23 +225,13 @@ pub async fn start(config: Config) -> Result<Service> {
         relay.run(stop_relay.clone()),
     ));
 
-    let stock_counter = orders_metrics.clone();
     let consumer_alive = Alive::new();
     let consumer = IdempotentConsumer::new(
         pool.clone(),
         consumer_config,
-        InventoryEventHandler,
+        InventoryEventHandler::new(orders_metrics.clone()),
         metrics.clone(),
-    )
-    .with_commit_observer(Arc::new(move |env| {
-        // Counted after commit, so a batch retried event by event is counted once.
-        if matches!(
-            env.event,
-            Event::StockDepleted(_) | Event::StockReplenished(_)
-        ) {
-            stock_counter.stock_event(env.event_type());
-        }
-    }));
+    );
     let consumer = tokio::spawn(watch(
         consumer_alive.clone(),
         "consumer",

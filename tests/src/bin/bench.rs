@@ -383,6 +383,8 @@ fn published(metrics: &Metrics) -> u64 {
 struct CountingHandler(Arc<AtomicU64>);
 
 impl EventHandler for CountingHandler {
+    type Applied = ();
+
     async fn handle(
         &self,
         _conn: &mut PgConnection,
@@ -394,16 +396,43 @@ impl EventHandler for CountingHandler {
 }
 
 /// The latency scenario's effect: note when the handler ran, to split the latency into the
-/// way to the handler and the consumer's own transaction.
+/// way to the handler and the consumer's own transaction; once committed, record the sample.
 #[derive(Clone, Default)]
-struct StampingHandler(Arc<Mutex<HashMap<Uuid, Instant>>>);
+struct StampingHandler {
+    /// When the producer's commit was sent and when it returned, by event id.
+    committed_at: Arc<Mutex<HashMap<Uuid, CommitStamp>>>,
+    /// (end to end, to the handler) in milliseconds, one per committed event.
+    samples: Arc<Mutex<Vec<(f64, f64)>>>,
+}
 
 impl EventHandler for StampingHandler {
-    async fn handle(&self, _conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(event.event_id, Instant::now());
+    /// The event and when the handler ran.
+    type Applied = (Uuid, Instant);
+
+    async fn handle(
+        &self,
+        _conn: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<(Uuid, Instant), HandlerError> {
+        Ok((event.event_id, Instant::now()))
+    }
+
+    fn committed(&self, (event_id, at_handler): (Uuid, Instant)) {
+        let now = Instant::now();
+        // From the moment COMMIT returned to the producer; in the rare case the consumer got
+        // there first, from the moment it was sent.
+        let start = self
+            .committed_at
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&event_id))
+            .map(|(sent, returned)| returned.unwrap_or(sent));
+        if let (Some(start), Ok(mut s)) = (start, self.samples.lock()) {
+            s.push((
+                (now - start).as_secs_f64() * 1000.0,
+                (at_handler - start).as_secs_f64() * 1000.0,
+            ));
         }
-        Ok(())
     }
 }
 
@@ -600,40 +629,15 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
 
     // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit.
     let metrics = Metrics::new("bench");
-    let committed_at: Arc<Mutex<HashMap<Uuid, CommitStamp>>> = Arc::default();
-    let producer_commits: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let samples: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
     let handled = StampingHandler::default();
-    let (observer_commits, observer_samples, observer_handled) =
-        (committed_at.clone(), samples.clone(), handled.0.clone());
+    let (committed_at, samples) = (handled.committed_at.clone(), handled.samples.clone());
+    let producer_commits: Arc<Mutex<Vec<f64>>> = Arc::default();
     let consumer = IdempotentConsumer::new(
         bench.db.pool.clone(),
         bench.consumer_config(),
         handled,
         metrics.clone(),
-    )
-    .with_commit_observer(Arc::new(move |env: &Envelope| {
-        let now = Instant::now();
-        // From the moment COMMIT returned to the producer; in the rare case the consumer got
-        // there first, from the moment it was sent.
-        let start = observer_commits
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&env.event_id))
-            .map(|(sent, returned)| returned.unwrap_or(sent));
-        let at_handler = observer_handled
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&env.event_id));
-        if let (Some(start), Some(at_handler), Ok(mut s)) =
-            (start, at_handler, observer_samples.lock())
-        {
-            s.push((
-                (now - start).as_secs_f64() * 1000.0,
-                (at_handler - start).as_secs_f64() * 1000.0,
-            ));
-        }
-    }));
+    );
     let warren_started = CpuTime::now();
     let stop = CancellationToken::new();
     let consumer_task = tokio::spawn(consumer.run(stop.clone()));

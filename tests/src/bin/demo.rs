@@ -26,11 +26,18 @@ use warren_messaging::{
 };
 use warren_tests::{TestDatabase, TestVhost, apply_topology};
 
-/// The consumer side: keeps a stock projection and prints every applied event.
+/// The consumer side: keeps a stock projection and prints every applied event once committed.
 struct StockProjection;
 
 impl EventHandler for StockProjection {
-    async fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+    /// The line to print.
+    type Applied = Option<String>;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<Option<String>, HandlerError> {
         if let Event::StockReplenished(e) = &event.event {
             sqlx::query(
                 "INSERT INTO demo_stock (product_id, level) VALUES ($1, $2) \
@@ -40,15 +47,21 @@ impl EventHandler for StockProjection {
             .bind(e.new_stock_level)
             .execute(conn)
             .await?;
-            println!(
+            return Ok(Some(format!(
                 "  ← consumed  {}  product {}  stock now {:>4}  (event {})",
                 event.event_type(),
                 short(e.product_id),
                 e.new_stock_level,
                 short(event.event_id)
-            );
+            )));
         }
-        Ok(())
+        Ok(None)
+    }
+
+    fn committed(&self, line: Option<String>) {
+        if let Some(line) = line {
+            println!("{line}");
+        }
     }
 }
 
