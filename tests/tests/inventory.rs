@@ -41,13 +41,16 @@ impl Bench {
             .bind(&vhost.name, INVENTORY_EXCHANGE, TAP_QUEUE, "#")
             .await;
         let db = TestDatabase::create(prefix).await;
-        let mut config = Config::new(&vhost.amqp_url(), &db.url);
-        config.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.database_max_connections = 5;
-        tune(&mut config);
-        let service = warren_inventory::start(config)
-            .await
-            .expect("inventory starts");
+        Bench::on_with(vhost, db, tune).await
+    }
+
+    /// A worker on an existing vhost and database.
+    async fn on(vhost: TestVhost, db: TestDatabase) -> Bench {
+        Bench::on_with(vhost, db, |_| {}).await
+    }
+
+    async fn on_with(vhost: TestVhost, db: TestDatabase, tune: impl FnOnce(&mut Config)) -> Bench {
+        let service = Bench::replica_with(&vhost, &db, tune).await;
         let base = format!("http://{}", service.http_addr());
         Bench {
             vhost,
@@ -56,6 +59,25 @@ impl Bench {
             base,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// One more worker on `vhost` and `db`, as another replica would be.
+    async fn replica(vhost: &TestVhost, db: &TestDatabase) -> Service {
+        Bench::replica_with(vhost, db, |_| {}).await
+    }
+
+    async fn replica_with(
+        vhost: &TestVhost,
+        db: &TestDatabase,
+        tune: impl FnOnce(&mut Config),
+    ) -> Service {
+        let mut config = Config::new(&vhost.amqp_url(), &db.url);
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.database_max_connections = 5;
+        tune(&mut config);
+        warren_inventory::start(config)
+            .await
+            .expect("inventory starts")
     }
 
     async fn stop(self) {
@@ -128,18 +150,7 @@ impl Bench {
 
     /// Publishes an order event as the orders service would.
     async fn publish(&self, event: Event) -> Uuid {
-        let order_id = event.aggregate_id();
-        let envelope = Envelope::new(event, "orders-service", order_id.to_string());
-        let id = envelope.event_id.to_string();
-        self.vhost
-            .publish(
-                ORDERS_EXCHANGE,
-                envelope.event_type(),
-                &envelope.to_json(),
-                Some(&id),
-            )
-            .await;
-        envelope.event_id
+        publish_order_event(&self.vhost, event).await
     }
 
     /// Panics unless every product balances, nothing is negative, and the counters match the
@@ -169,6 +180,22 @@ impl Bench {
             .map(|m| Envelope::from_json(&m.delivery.data).expect("tapped event decodes"))
             .collect()
     }
+}
+
+/// Publishes an order event on `vhost` as the orders service would; returns its event id.
+async fn publish_order_event(vhost: &TestVhost, event: Event) -> Uuid {
+    let order_id = event.aggregate_id();
+    let envelope = Envelope::new(event, "orders-service", order_id.to_string());
+    let id = envelope.event_id.to_string();
+    vhost
+        .publish(
+            ORDERS_EXCHANGE,
+            envelope.event_type(),
+            &envelope.to_json(),
+            Some(&id),
+        )
+        .await;
+    envelope.event_id
 }
 
 fn qty(n: i64) -> Quantity {
@@ -564,6 +591,85 @@ async fn a_completion_after_an_expiry_releases_the_rest_instead_of_selling_half(
         })
         .collect();
     assert_eq!(reasons, ["ReservationExpired", "ReservationExpired"]);
+    b.assert_invariant().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_settling_batches_of_orders_over_shared_products_never_deadlock() {
+    let b = Bench::start("inv-deadlock", |_| {}).await;
+    let products = [
+        b.product("Oats", 1000, 5).await,
+        b.product("Rye", 1000, 5).await,
+        b.product("Spelt", 1000, 5).await,
+        b.product("Millet", 1000, 5).await,
+    ];
+    // Orders of one or two lines over the same few products, in every combination, so that
+    // events handled one after another in one transaction lock products out of id order.
+    let mut orders = Vec::new();
+    for i in 0..120 {
+        let order = Uuid::new_v4();
+        let mut lines = vec![(products[i % 4], 1)];
+        if i % 3 == 0 {
+            lines.push((products[(i / 3 + 1 + i % 4) % 4], 1));
+            lines.dedup_by_key(|l| l.0);
+        }
+        for (product, quantity) in &lines {
+            let (status, body) = b.reserve(order, *product, *quantity).await;
+            assert_eq!(status, 201, "{body}");
+        }
+        orders.push((order, lines));
+    }
+    // Stop the first replica's consumer, queue every completion, then start two replicas at
+    // once: each takes batches of completions and settles them in parallel lanes.
+    let Bench {
+        vhost, db, service, ..
+    } = b;
+    service.shutdown().await.expect("clean shutdown");
+    for (order, lines) in &orders {
+        publish_order_event(
+            &vhost,
+            Event::OrderCompleted(OrderCompleted {
+                order_id: *order,
+                user_id: Uuid::new_v4(),
+                items: items(lines),
+            }),
+        )
+        .await;
+    }
+    let replicas = [
+        Bench::replica(&vhost, &db).await,
+        Bench::replica(&vhost, &db).await,
+    ];
+    let lines: i64 = orders.iter().map(|(_, l)| l.len() as i64).sum();
+    eventually(WAIT, "every line sold", || async {
+        sqlx::query_scalar::<_, i64>("SELECT sum(sold)::bigint FROM products")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_default()
+            == lines
+    })
+    .await;
+    for replica in &replicas {
+        let metrics = replica.metrics().encode();
+        assert!(
+            metrics.contains(
+                "inventory_events_consumed_total{event_type=\"order.completed\",status=\"retried\"} 0"
+            ),
+            "no completion spent an attempt on a lost race: {metrics}"
+        );
+    }
+    let deadlocks: i64 = sqlx::query_scalar(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(deadlocks, 0, "PostgreSQL detected deadlocks");
+    for replica in replicas {
+        replica.shutdown().await.expect("clean shutdown");
+    }
+    let b = Bench::on(vhost, db).await;
     b.assert_invariant().await;
     b.stop().await;
 }

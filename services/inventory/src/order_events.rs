@@ -106,8 +106,41 @@ impl OrderEventsHandler {
     }
 }
 
+/// The order and the products an order event may settle; `None` for events not ours.
+fn touches(event: &Event) -> Option<(Uuid, &[warren_messaging::events::OrderItem])> {
+    match event {
+        Event::OrderCompleted(e) => Some((e.order_id, &e.items)),
+        Event::OrderCancelled(e) => Some((e.order_id, &e.items)),
+        Event::OrderPaymentFailed(e) => Some((e.order_id, &e.items)),
+        _ => None,
+    }
+}
+
 impl EventHandler for OrderEventsHandler {
     type Applied = Settled;
+
+    /// Every reservation of the batch's orders, then every product they or the orders' lines
+    /// name, each in id order: the order one event alone locks in, so a batch never deadlocks
+    /// with another lane, replica or the expiry sweeper.
+    async fn lock_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let (mut orders, mut products) = (Vec::new(), Vec::new());
+        for (order_id, items) in events.iter().filter_map(|e| touches(&e.event)) {
+            orders.push(order_id);
+            products.extend(items.iter().map(|i| i.product_id));
+        }
+        let locked = async {
+            store::bound_lock_waits(conn).await?;
+            store::lock_for_orders(conn, orders, products).await
+        };
+        locked.await.map_err(|err| match err {
+            crate::Error::Database(db) => HandlerError::from(db),
+            other => HandlerError::transient(other),
+        })
+    }
 
     async fn handle(
         &self,

@@ -363,6 +363,27 @@ pub async fn lock_reservations_of_order(
     .await?)
 }
 
+/// Locks every reservation of `orders` (by order, then id) and then every product among
+/// `products` or reserved by those orders (by id): the locks of a batch of settlements, in the
+/// order a single settlement takes them.
+pub async fn lock_for_orders(
+    conn: &mut PgConnection,
+    mut orders: Vec<Uuid>,
+    mut products: Vec<Uuid>,
+) -> Result<()> {
+    orders.sort_unstable();
+    orders.dedup();
+    let reserved: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT product_id FROM reservations WHERE order_id = ANY($1) \
+         ORDER BY order_id, id FOR UPDATE",
+    )
+    .bind(&orders)
+    .fetch_all(&mut *conn)
+    .await?;
+    products.extend(reserved);
+    lock_products(conn, products).await
+}
+
 /// Locks the existing ones among `products`, in id order (the order every settler uses).
 pub async fn lock_products(conn: &mut PgConnection, mut products: Vec<Uuid>) -> Result<()> {
     products.sort_unstable();

@@ -66,6 +66,23 @@ pub trait EventHandler: Send + Sync + 'static {
     fn committed(&self, applied: Self::Applied) {
         let _ = applied;
     }
+
+    /// Called first in a transaction that will handle several `events`, before any of them.
+    ///
+    /// Each event alone takes its row locks in the handler's one global order; events handled
+    /// one after another in one transaction would take them out of that order (the second
+    /// event's rows after the first's) and deadlock with another lane or replica. A handler that
+    /// locks rows takes here, in its global order, every lock the batch will need. Nothing by
+    /// default. A failure here is no event's attempt: the batch falls back to one transaction
+    /// per event.
+    fn lock_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Envelope],
+    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send + 'a {
+        let _ = (conn, events);
+        async { Ok(()) }
+    }
 }
 
 /// How the consumer behaves.
@@ -171,7 +188,10 @@ enum Handled {
 /// How the one-transaction fast path for a batch ended.
 enum BatchAttempt {
     Committed(Vec<Handled>),
+    /// The handler failed on the event at this position: that was its attempt.
     FailedAt(usize, HandlerError),
+    /// The batch lost a race (or could not take its locks): no event's fault.
+    Contended(HandlerError),
 }
 
 /// Consumes one queue with an [`EventHandler`]; see the module doc.
@@ -473,6 +493,13 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         if batch.iter().filter(|i| i.decoded.is_ok()).count() > 1 {
             match self.try_batch_in_one_transaction(conn, batch).await? {
                 BatchAttempt::Committed(handled) => return Ok(handled),
+                BatchAttempt::FailedAt(_, HandlerError::Contention(why))
+                | BatchAttempt::Contended(HandlerError::Contention(why)) => {
+                    tracing::info!(events = batch.len(), error = %why, "batch lost a race with another transaction; handling its events one by one");
+                }
+                BatchAttempt::Contended(err) => {
+                    tracing::warn!(events = batch.len(), error = %err, "could not lock the batch's rows; handling its events one by one");
+                }
                 BatchAttempt::FailedAt(index, err) => failed_at = Some((index, err)),
             }
         }
@@ -514,6 +541,17 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         .await?
         .into_iter()
         .collect();
+        let fresh_envelopes: Vec<&Envelope> = envelopes
+            .iter()
+            .copied()
+            .filter(|e| fresh.contains(&e.event_id))
+            .collect();
+        if fresh_envelopes.len() > 1
+            && let Err(err) = self.handler.lock_batch(&mut tx, &fresh_envelopes).await
+        {
+            tx.rollback().await?;
+            return Ok(BatchAttempt::Contended(err));
+        }
         let mut handled_ids = HashSet::with_capacity(fresh.len());
         let mut applied = Vec::with_capacity(fresh.len());
         let mut out = Vec::with_capacity(batch.len());

@@ -33,6 +33,12 @@ pub enum HandlerError {
     /// Will never succeed (a business rule, a reference to nothing): dead-letter now.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// Lost a race with another transaction (a deadlock, a serialization failure, a lock wait
+    /// past its bound). In a batch that is the batch's doing, not the event's: the consumer runs
+    /// each event again in a transaction of its own without spending an attempt. Alone, it is
+    /// retried as [`HandlerError::Transient`].
+    #[error("contention: {0}")]
+    Contention(String),
 }
 
 impl HandlerError {
@@ -47,10 +53,21 @@ impl HandlerError {
     }
 }
 
+/// SQLSTATEs of a transaction that lost a race: deadlock detected, serialization failure,
+/// lock not available (a `lock_timeout`).
+const CONTENTION_CODES: [&str; 3] = ["40P01", "40001", "55P03"];
+
 impl From<sqlx::Error> for HandlerError {
-    /// Integrity violations will fail the same way every time; everything else (connection
-    /// loss, deadlock, serialization failure, timeouts) may pass on a later attempt.
+    /// Integrity violations will fail the same way every time; a lost race is contention;
+    /// everything else (connection loss, timeouts) may pass on a later attempt.
     fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err
+            && db
+                .code()
+                .is_some_and(|code| CONTENTION_CODES.contains(&code.as_ref()))
+        {
+            return HandlerError::Contention(err.to_string());
+        }
         let permanent = match &err {
             sqlx::Error::Database(db) => matches!(
                 db.kind(),
@@ -142,7 +159,7 @@ pub fn after_handler_failure(
             detail: msg.clone(),
             attempts,
         },
-        HandlerError::Transient(msg)
+        HandlerError::Transient(msg) | HandlerError::Contention(msg)
             if attempts >= policy.max_attempts || policy.delays.is_empty() =>
         {
             Disposition::DeadLetter {
@@ -151,7 +168,7 @@ pub fn after_handler_failure(
                 attempts,
             }
         }
-        HandlerError::Transient(_) => {
+        HandlerError::Transient(_) | HandlerError::Contention(_) => {
             // Attempt n waits in tier n; past the last tier, the last tier again.
             let tier = (attempts as usize).min(policy.delays.len());
             Disposition::Retry {
