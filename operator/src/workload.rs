@@ -119,6 +119,14 @@ pub fn environment(inputs: &Inputs<'_>) -> Vec<Value> {
             settings.database_max_connections.map(i64::from),
         ),
         (
+            "WARREN_CONSUMER_LANES",
+            settings.consumer_lanes.map(i64::from),
+        ),
+        (
+            "WARREN_PROCESSED_RETENTION_SECONDS",
+            settings.processed_retention_seconds,
+        ),
+        (
             "WARREN_RESERVATION_TTL_SECONDS",
             settings.reservation_ttl_seconds,
         ),

@@ -11,5 +11,6 @@ pub mod operator;
 pub mod support;
 
 pub use support::{
-    Management, TestDatabase, TestVhost, apply_topology, eventually, management, unique_name,
+    Management, TestDatabase, TestVhost, apply_topology, eventually, management,
+    test_worker_settings, unique_name,
 };

@@ -15,7 +15,21 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor, PgConnection, PgPool};
-use warren_messaging::config;
+use warren_messaging::config::{self, WorkerSettings};
+use warren_messaging::database::ConnectionBudget;
+
+/// The settings of a worker under test: 5 database connections (2 consumer lanes, the
+/// listener, a pool of 2), so that the many tests running at once stay far below the server's
+/// `max_connections`.
+pub fn test_worker_settings() -> WorkerSettings {
+    WorkerSettings {
+        database: ConnectionBudget {
+            total: 5,
+            consumer_lanes: 2,
+        },
+        ..WorkerSettings::default()
+    }
+}
 
 /// A name no other test (or earlier run) uses: `prefix-<8 hex>`.
 pub fn unique_name(prefix: &str) -> String {

@@ -13,7 +13,7 @@ use warren_messaging::events::{
 };
 use warren_messaging::topology::{INVENTORY_EXCHANGE, ORDERS_EXCHANGE, dead_letter_queue};
 use warren_messaging::{Envelope, Event, Metrics};
-use warren_tests::{TestDatabase, TestVhost, apply_topology, eventually};
+use warren_tests::{TestDatabase, TestVhost, apply_topology, eventually, test_worker_settings};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A queue of the test's own that sees every inventory event.
@@ -73,7 +73,7 @@ impl Bench {
     ) -> Service {
         let mut config = Config::new(&vhost.amqp_url(), &db.url);
         config.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.database_max_connections = 5;
+        config.worker = test_worker_settings();
         tune(&mut config);
         warren_inventory::start(config)
             .await
@@ -358,6 +358,92 @@ async fn http_api_answers_with_the_right_status_and_field() {
     })
     .await;
     b.assert_invariant().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_is_json_and_a_database_outage_is_a_quick_503() {
+    let b = Bench::start("inv-edges", |_| {}).await;
+    let raw = |method: reqwest::Method, path: &str| {
+        b.http
+            .request(method, format!("{}{path}", b.base))
+            .timeout(Duration::from_secs(8))
+    };
+    let answer = |resp: reqwest::Response| async move {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body: Value = resp.json().await.expect("every error answer is JSON");
+        assert!(body["error"].is_string(), "{body}");
+        (status, headers, body)
+    };
+
+    // PostgreSQL text cannot hold a NUL: a 400 naming the field, not a 500.
+    let (status, _, body) = answer(
+        raw(reqwest::Method::POST, "/products")
+            .json(&json!({"name": "nul\u{0}name", "initialStock": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("name")),
+        "{body}"
+    );
+    // A body that is not JSON by its type.
+    let (status, _, body) = answer(
+        raw(reqwest::Method::POST, "/products")
+            .header("content-type", "text/plain")
+            .body(r#"{"name": "x", "initialStock": 1}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    // axum's own answers: wrong method, body too large, unknown route.
+    let (status, headers, _) = answer(
+        raw(reqwest::Method::GET, "/inventory/reserve")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert!(headers.contains_key("allow"), "{headers:?}");
+    let (status, _, _) = answer(raw(reqwest::Method::GET, "/nowhere").send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    // A client of its own: the server closes a connection whose body it did not read.
+    let (status, _, _) = answer(
+        reqwest::Client::new()
+            .post(format!("{}/products", b.base))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+
+    // While PostgreSQL refuses connections: 503 with Retry-After, then service again.
+    let product = b.product("Figs", 5, 1).await;
+    b.db.refuse_connections().await;
+    let (status, headers, body) = answer(
+        raw(reqwest::Method::GET, &format!("/products/{product}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    b.db.allow_connections().await;
+    eventually(WAIT, "answers again once the database is back", || async {
+        b.get(&format!("/products/{product}")).await.0 == 200
+    })
+    .await;
     b.stop().await;
 }
 
@@ -800,7 +886,8 @@ async fn stock_depleted_is_emitted_once_per_crossing_of_the_threshold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_reservations_of_the_last_ten_units_never_oversell() {
-    let b = Bench::start("inv-race", |c| c.database_max_connections = 10).await;
+    // A pool of 10 for 50 requests at once.
+    let b = Bench::start("inv-race", |c| c.worker.database.total = 13).await;
     let product = b.product("Last units", 10, 0).await;
     let requests = (0..50).map(|_| {
         let http = b.http.clone();
@@ -902,7 +989,7 @@ async fn shutdown_finishes_in_flight_work_and_a_restart_relays_every_event() {
         service: {
             let mut config = Config::new(&vhost.amqp_url(), &db.url);
             config.http_addr = "127.0.0.1:0".parse().unwrap();
-            config.database_max_connections = 5;
+            config.worker = test_worker_settings();
             warren_inventory::start(config).await.expect("restart")
         },
         base: String::new(),

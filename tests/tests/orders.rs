@@ -25,7 +25,7 @@ use warren_messaging::events::{
 use warren_messaging::topology::{INVENTORY_EXCHANGE, INVENTORY_ORDER_EVENTS_QUEUE};
 use warren_messaging::{Envelope, Event};
 use warren_orders::{Config, Service};
-use warren_tests::{TestDatabase, TestVhost, apply_topology, eventually};
+use warren_tests::{TestDatabase, TestVhost, apply_topology, eventually, test_worker_settings};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -181,7 +181,7 @@ impl Bench {
             inventory_timeout: Duration::from_secs(30),
             inventory_attempts: 3,
             redrive_backoff_max: Duration::from_secs(1),
-            database_max_connections: 5,
+            worker: test_worker_settings(),
         }
     }
 
@@ -744,6 +744,11 @@ async fn bad_requests_name_the_field_and_probes_answer() {
             json!({"userId": u, "items": [{"productId": p, "quantity": "2"}]}),
             "items[0].quantity",
         ),
+        // PostgreSQL text cannot hold a NUL: named, not a 500.
+        (
+            json!({"userId": u, "items": [{"productId": p, "quantity": 1, "note": "a\u{0}"}]}),
+            "items[0].note",
+        ),
     ];
     for (body, field) in cases {
         let (status, answer) = bench.post(&svc, "/orders", Some(body.clone())).await;
@@ -807,6 +812,50 @@ async fn bad_requests_name_the_field_and_probes_answer() {
         .unwrap();
     assert!(metrics.contains("orders_outbox_backlog"), "{metrics}");
     assert!(metrics.contains("# EOF"), "{metrics}");
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"]["database"], "ok", "{ready}");
+
+    // The shared edge: a non-JSON body type is a 415, a wrong method a JSON 405.
+    let resp = bench
+        .http
+        .post(bench.url(&svc, "/orders"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("userId=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert!(resp.json::<Value>().await.unwrap()["error"].is_string());
+    let resp = bench
+        .http
+        .delete(bench.url(&svc, "/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert!(resp.json::<Value>().await.unwrap()["error"].is_string());
+
+    // While PostgreSQL refuses connections: 503 with Retry-After, and /readyz says why.
+    bench.db.refuse_connections().await;
+    let resp = bench
+        .http
+        .get(bench.url(&svc, &format!("/orders/{missing}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let (status, ready) = bench.get(&svc, "/readyz").await;
+    assert_eq!(
+        (status, &ready["checks"]["database"]),
+        (503, &json!("failing")),
+        "{ready}"
+    );
+    bench.db.allow_connections().await;
+    eventually(WAIT, "answers again once the database is back", || async {
+        bench.get(&svc, &format!("/orders/{missing}")).await.0 == 404
+    })
+    .await;
     svc.shutdown().await.expect("clean shutdown");
 }
 

@@ -165,13 +165,28 @@ fn url_key() -> String {
 }
 
 /// Settings the workers read from `WARREN_*` variables, typed.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("(has(self.databaseMaxConnections) ? self.databaseMaxConnections : 10) >= (has(self.consumerLanes) ? self.consumerLanes : 4) + 3")
+    .message(kube::core::Message::Message("settings.databaseMaxConnections must be at least consumerLanes + 3 (a connection per consumer lane, one for the outbox listener, a pool of at least 2); defaults: 10 and 4".into()))
+    .field_path(".databaseMaxConnections"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSettings {
-    /// Connections in the worker's database pool (`WARREN_DATABASE_MAX_CONNECTIONS`).
+    /// Every database connection one replica opens (`WARREN_DATABASE_MAX_CONNECTIONS`,
+    /// default 10): one per consumer lane, one for the outbox listener, the rest pooled (at
+    /// least 2). Size PostgreSQL's `max_connections` for replicas × this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 4, max = 1000))]
     pub database_max_connections: Option<i32>,
+    /// Parallel consumer lanes, one database connection each (`WARREN_CONSUMER_LANES`,
+    /// default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub consumer_lanes: Option<i32>,
+    /// How long applied event ids are kept to recognise a redelivery
+    /// (`WARREN_PROCESSED_RETENTION_SECONDS`, default 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3600))]
+    pub processed_retention_seconds: Option<i64>,
     /// inventory: how long a reservation holds stock (`WARREN_RESERVATION_TTL_SECONDS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]

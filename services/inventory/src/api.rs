@@ -1,8 +1,6 @@
 //! The HTTP API (axum): products, stock, reservations, and the health, readiness and metrics
 //! endpoints. Handlers validate input, call the store, and map outcomes to status codes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -13,12 +11,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 use warren_messaging::Metrics;
 use warren_messaging::events::Quantity;
-use warren_messaging::topology::INVENTORY_ORDER_EVENTS_QUEUE;
+use warren_messaging::http::{Probes, json_edges};
 
 use crate::api_error::{ApiError, parse_id, parse_json};
 use crate::metrics::InventoryMetrics;
@@ -26,14 +23,6 @@ use crate::store::{self, ReserveOutcome, ReserveRequest};
 
 /// Longest product name accepted.
 const MAX_NAME_CHARS: usize = 200;
-
-/// What the background tasks report for `/readyz` and `/healthz`, besides the connection state
-/// the messaging core keeps in [`Metrics`].
-#[derive(Clone, Default)]
-pub struct Readiness {
-    /// The outbox relay or the consumer has stopped for good.
-    pub messaging_stopped: Arc<AtomicBool>,
-}
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -46,8 +35,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Inventory's own counters.
     pub inventory_metrics: InventoryMetrics,
-    /// Background task health.
-    pub readiness: Readiness,
+    /// Answers `/healthz` and `/readyz`.
+    pub probes: Probes,
 }
 
 /// Every route of the inventory service.
@@ -62,7 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/inventory/reserve", post(reserve))
         .route("/reservations/{id}", get(get_reservation))
         .fallback(no_such_route)
-        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(json_edges))
         .with_state(state)
 }
 
@@ -74,47 +63,12 @@ async fn no_such_route() -> ApiError {
     }
 }
 
-async fn method_not_allowed() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({"error": "method not allowed"})),
-    )
-        .into_response()
-}
-
 async fn healthz(State(state): State<AppState>) -> Response {
-    let stopped: &[&str] = if state.readiness.messaging_stopped.load(Ordering::Relaxed) {
-        &["messaging"]
-    } else {
-        &[]
-    };
-    let (status, body) = warren_messaging::process::liveness(stopped);
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    (status, Json(body)).into_response()
+    state.probes.healthz()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let database = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
-        .await
-        .is_ok();
-    // The relay is connected with its topology checked, and the consumer is consuming.
-    let broker = state.metrics.is_relay_connected()
-        && state.metrics.is_consuming(INVENTORY_ORDER_EVENTS_QUEUE);
-    let messaging = !state.readiness.messaging_stopped.load(Ordering::Relaxed);
-    let ready = database && broker && messaging;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
-        "ready": ready,
-        "database": database,
-        "broker": broker,
-        "messaging": messaging,
-    });
-    (status, Json(body)).into_response()
+    state.probes.readyz().await
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

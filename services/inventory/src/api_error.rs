@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use warren_messaging::http::{error_response, unavailable_response};
 
 /// An error answer of the HTTP API.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub enum ApiError {
     },
     /// 503: a row stayed locked too long; the caller should retry.
     Busy,
+    /// 503: the database is out of reach or has no free connection; the caller should retry.
+    Unavailable,
     /// 500: logged in full, answered without internals.
     Internal(crate::Error),
 }
@@ -55,52 +58,45 @@ impl ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(err: crate::Error) -> Self {
+        let database = match &err {
+            crate::Error::Database(db)
+            | crate::Error::Messaging(warren_messaging::Error::Database(db)) => Some(db),
+            _ => None,
+        };
         if crate::store::is_lock_timeout(&err) {
             ApiError::Busy
+        } else if database.is_some_and(warren_messaging::http::database_unavailable) {
+            tracing::warn!(error = %err, "request refused: the database is unavailable");
+            ApiError::Unavailable
         } else {
             ApiError::Internal(err)
         }
     }
 }
 
-fn body(message: &str, field: Option<&str>) -> serde_json::Value {
-    match field {
-        Some(field) => json!({"error": message, "field": field}),
-        None => json!({"error": message}),
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::BadRequest { message, field } => (
-                StatusCode::BAD_REQUEST,
-                Json(body(&message, field.as_deref())),
-            )
-                .into_response(),
-            ApiError::NotFound { message, field } => (
-                StatusCode::NOT_FOUND,
-                Json(body(&message, field.as_deref())),
-            )
-                .into_response(),
+            ApiError::BadRequest { message, field } => {
+                error_response(StatusCode::BAD_REQUEST, &message, field.as_deref())
+            }
+            ApiError::NotFound { message, field } => {
+                error_response(StatusCode::NOT_FOUND, &message, field.as_deref())
+            }
             ApiError::InsufficientStock { available } => (
                 StatusCode::CONFLICT,
                 Json(json!({"error": "insufficient stock", "available": available})),
             )
                 .into_response(),
             ApiError::Busy => (
-                StatusCode::SERVICE_UNAVAILABLE,
                 [(axum::http::header::RETRY_AFTER, "1")],
-                Json(body("busy, retry shortly", None)),
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "busy, retry shortly", None),
             )
                 .into_response(),
+            ApiError::Unavailable => unavailable_response(),
             ApiError::Internal(err) => {
                 tracing::error!(error = %err, "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(body("internal error", None)),
-                )
-                    .into_response()
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
             }
         }
     }
@@ -118,6 +114,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             message: "the body must be a JSON object".into(),
             field: None,
         });
+    }
+    if let Err(field) = warren_messaging::http::nul_free(&value) {
+        return Err(ApiError::bad_field(
+            &field,
+            format!("`{field}` must not contain NUL"),
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();

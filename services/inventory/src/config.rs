@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use warren_messaging::config::WorkerSettings;
+
 use crate::{Error, Result};
 
 /// Default database: the local server's `warren_inventory`, created on first start.
@@ -30,8 +32,10 @@ pub struct Config {
     pub expiry_sweep_interval: Duration,
     /// Reservations released per sweep transaction.
     pub expiry_sweep_batch: i64,
-    /// Largest number of database connections (`WARREN_DATABASE_MAX_CONNECTIONS`).
-    pub database_max_connections: u32,
+    /// The connection budget and processed-id retention every worker reads
+    /// (`WARREN_DATABASE_MAX_CONNECTIONS`, `WARREN_CONSUMER_LANES`,
+    /// `WARREN_PROCESSED_RETENTION_SECONDS`).
+    pub worker: WorkerSettings,
 }
 
 impl Config {
@@ -44,7 +48,7 @@ impl Config {
             reservation_ttl: DEFAULT_RESERVATION_TTL,
             expiry_sweep_interval: DEFAULT_EXPIRY_SWEEP_INTERVAL,
             expiry_sweep_batch: 500,
-            database_max_connections: 10,
+            worker: WorkerSettings::default(),
         }
     }
 
@@ -72,14 +76,7 @@ impl Config {
         if let Some(text) = get("WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS") {
             config.expiry_sweep_interval = seconds("WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS", &text)?;
         }
-        if let Some(text) = get("WARREN_DATABASE_MAX_CONNECTIONS") {
-            config.database_max_connections =
-                text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    Error::Config(format!(
-                        "WARREN_DATABASE_MAX_CONNECTIONS `{text}` is not a positive integer"
-                    ))
-                })?;
-        }
+        config.worker = WorkerSettings::from_lookup(&lookup)?;
         Ok(config)
     }
 }

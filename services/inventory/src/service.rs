@@ -3,18 +3,17 @@
 //! taking work, finishes what is in flight, then closes.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_messaging::broker::{self, RequiredTopology};
 use warren_messaging::config::redact;
+use warren_messaging::http::{Probes, TaskFlag, watch};
 use warren_messaging::topology::{INVENTORY_EXCHANGE, INVENTORY_ORDER_EVENTS_QUEUE};
 use warren_messaging::{ConsumerConfig, IdempotentConsumer, Metrics, OutboxRelay, RelayConfig};
 
-use crate::api::{self, AppState, Readiness};
+use crate::api::{self, AppState};
 use crate::metrics::InventoryMetrics;
 use crate::order_events::OrderEventsHandler;
 use crate::sweeper::ReservationExpirySweeper;
@@ -47,11 +46,11 @@ pub async fn start(config: Config) -> Result<Service> {
         reservation_ttl_s = config.reservation_ttl.as_secs(),
         "starting inventory"
     );
-    let pool = database::connect_and_migrate(&config.database_url, config.database_max_connections)
-        .await?;
+    let pool = database::connect_and_migrate(&config.database_url, config.worker.database).await?;
 
     let consumer_config =
-        ConsumerConfig::new(SERVICE, &config.amqp_url, INVENTORY_ORDER_EVENTS_QUEUE);
+        ConsumerConfig::new(SERVICE, &config.amqp_url, INVENTORY_ORDER_EVENTS_QUEUE)
+            .with_worker_settings(&config.worker);
     let relay_config = RelayConfig::new(SERVICE, &config.amqp_url, &[INVENTORY_EXCHANGE]);
     // Check the topology now, so a missing one fails `start` instead of a background task.
     let mut required: RequiredTopology = consumer_config.required_topology();
@@ -63,14 +62,14 @@ pub async fn start(config: Config) -> Result<Service> {
 
     let metrics = Metrics::new(SERVICE);
     let inventory_metrics = InventoryMetrics::register(&metrics);
-    let readiness = Readiness::default();
+    let (relay_running, consumer_running) = (TaskFlag::running(), TaskFlag::running());
     let intake = CancellationToken::new();
     let relay_stop = CancellationToken::new();
 
     let relay = OutboxRelay::new(pool.clone(), relay_config, metrics.clone());
     let relay = tokio::spawn(watch(
+        relay_running.clone(),
         "outbox relay",
-        readiness.messaging_stopped.clone(),
         relay.run(relay_stop.clone()),
     ));
     let consumer = IdempotentConsumer::new(
@@ -80,8 +79,8 @@ pub async fn start(config: Config) -> Result<Service> {
         metrics.clone(),
     );
     let consumer = tokio::spawn(watch(
+        consumer_running.clone(),
         "order events consumer",
-        readiness.messaging_stopped.clone(),
         consumer.run(intake.clone()),
     ));
     let sweeper = ReservationExpirySweeper::new(
@@ -98,7 +97,13 @@ pub async fn start(config: Config) -> Result<Service> {
         reservation_ttl: config.reservation_ttl,
         metrics: metrics.clone(),
         inventory_metrics,
-        readiness,
+        probes: Probes::new(
+            pool.clone(),
+            metrics.clone(),
+            INVENTORY_ORDER_EVENTS_QUEUE,
+            relay_running,
+            consumer_running,
+        ),
     });
     let http = tokio::spawn(
         axum::serve(listener, app)
@@ -117,20 +122,6 @@ pub async fn start(config: Config) -> Result<Service> {
         sweeper,
         relay,
     })
-}
-
-/// Runs a messaging task and flags `/readyz` if it ever stops on its own.
-async fn watch(
-    what: &'static str,
-    stopped: Arc<AtomicBool>,
-    task: impl Future<Output = warren_messaging::Result<()>>,
-) -> warren_messaging::Result<()> {
-    let result = task.await;
-    if let Err(err) = &result {
-        tracing::error!(error = %err, task = what, "messaging task stopped");
-    }
-    stopped.store(true, Ordering::Relaxed);
-    result
 }
 
 impl Service {

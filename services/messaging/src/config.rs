@@ -4,6 +4,13 @@
 //! workers, the tests and the scripts. Credentials may sit in these URLs; never log them whole:
 //! use [`redact`].
 
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::consumer::DEFAULT_PROCESSED_RETENTION;
+use crate::database::ConnectionBudget;
+use crate::{Error, Result};
+
 /// Default AMQP URL: the local broker's default vhost.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Default PostgreSQL URL: the local server, trust auth.
@@ -66,6 +73,57 @@ pub fn with_credentials(amqp_url: &str, username: &str, password: &str) -> Strin
         urlencoding::encode(username),
         urlencoding::encode(password)
     )
+}
+
+/// What every worker reads from the environment the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// The database connections of one replica (`WARREN_DATABASE_MAX_CONNECTIONS`,
+    /// `WARREN_CONSUMER_LANES`).
+    pub database: ConnectionBudget,
+    /// How long applied event ids are kept for deduplication
+    /// (`WARREN_PROCESSED_RETENTION_SECONDS`, default 7 days).
+    pub processed_retention: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            database: ConnectionBudget::default(),
+            processed_retention: DEFAULT_PROCESSED_RETENTION,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// Reads the variables above (`lookup` stands in for the environment), with defaults for
+    /// those unset; a value that is not a positive whole number, or a budget the lanes do not
+    /// fit in, is an error naming the variable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<WorkerSettings> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut settings = WorkerSettings::default();
+        if let Some(text) = get("WARREN_DATABASE_MAX_CONNECTIONS") {
+            settings.database.total = positive("WARREN_DATABASE_MAX_CONNECTIONS", &text)?;
+        }
+        if let Some(text) = get("WARREN_CONSUMER_LANES") {
+            settings.database.consumer_lanes = positive("WARREN_CONSUMER_LANES", &text)?;
+        }
+        if let Some(text) = get("WARREN_PROCESSED_RETENTION_SECONDS") {
+            settings.processed_retention =
+                Duration::from_secs(positive("WARREN_PROCESSED_RETENTION_SECONDS", &text)?);
+        }
+        settings.database.pool_size()?;
+        Ok(settings)
+    }
+}
+
+/// `text` as a whole number above zero, or an error naming variable `name`.
+pub fn positive<T: FromStr + Default + PartialOrd>(name: &str, text: &str) -> Result<T> {
+    text.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|n| *n > T::default())
+        .ok_or_else(|| Error::Config(format!("{name} `{text}` is not a positive whole number")))
 }
 
 /// `url` with any password replaced by `***`, for logs.
@@ -133,6 +191,40 @@ mod tests {
             with_credentials("amqp://old:pw@h:5672", "a", "b"),
             "amqp://a:b@h:5672"
         );
+    }
+
+    #[test]
+    fn worker_settings_are_read_and_checked() {
+        let read = |pairs: Vec<(&str, &str)>| {
+            WorkerSettings::from_lookup(move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        };
+        assert_eq!(read(vec![]).ok(), Some(WorkerSettings::default()));
+        let settings = read(vec![
+            ("WARREN_DATABASE_MAX_CONNECTIONS", "20"),
+            ("WARREN_CONSUMER_LANES", "8"),
+            ("WARREN_PROCESSED_RETENTION_SECONDS", "3600"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.database.total, 20);
+        assert_eq!(settings.database.consumer_lanes, 8);
+        assert_eq!(settings.processed_retention, Duration::from_secs(3600));
+        for (name, value) in [
+            ("WARREN_DATABASE_MAX_CONNECTIONS", "many"),
+            ("WARREN_DATABASE_MAX_CONNECTIONS", "3"),
+            ("WARREN_CONSUMER_LANES", "0"),
+            ("WARREN_PROCESSED_RETENTION_SECONDS", "-5"),
+        ] {
+            let err = read(vec![(name, value)])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
     }
 
     #[test]

@@ -133,6 +133,13 @@ impl ConsumerConfig {
         }
     }
 
+    /// With the lanes and the retention of `settings`, as a worker reads them.
+    pub fn with_worker_settings(mut self, settings: &crate::config::WorkerSettings) -> Self {
+        self.lanes = settings.database.consumer_lanes;
+        self.processed_retention = settings.processed_retention;
+        self
+    }
+
     /// What must exist on the broker before consuming.
     pub fn required_topology(&self) -> RequiredTopology {
         let mut queues = vec![self.queue.clone(), self.dead_letter_queue.clone()];

@@ -5,12 +5,16 @@
 //! - [`consumer`]: the `IdempotentConsumer` that records each event id with its effect.
 //! - [`retry`]: what happens after a failure (retry tiers, dead-lettering).
 //! - [`process`]: logging and the stop signal for the worker binaries.
+//! - [`http`]: the HTTP edge both workers share (error shape, 415, 503, probe bodies).
+//! - [`database`]: a worker's database, created if missing, opened within its connection budget.
 //! - [`broker`], [`schema`], [`metrics`], [`config`], [`topology`]: the plumbing.
 
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod database;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod outbox;
 mod periodic;

@@ -1,5 +1,5 @@
-//! What every Warren worker binary does around its service: logging set-up, waiting for the
-//! signal to stop, and the shape of its `/healthz` answer.
+//! What every Warren worker binary does around its service: logging set-up and waiting for the
+//! signal to stop.
 
 use tracing_subscriber::EnvFilter;
 
@@ -44,34 +44,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
-    }
-}
-
-/// The `/healthz` answer of every worker: 200 `{"status": "ok"}` while each background task
-/// (outbox relay, consumer) runs, else 503 `{"status": "failing", "stopped": [...]}`. A task
-/// that ended for good does not come back by itself, so the kubelet's liveness probe must see
-/// it and restart the pod.
-pub fn liveness(stopped: &[&str]) -> (u16, serde_json::Value) {
-    if stopped.is_empty() {
-        (200, serde_json::json!({"status": "ok"}))
-    } else {
-        (
-            503,
-            serde_json::json!({"status": "failing", "stopped": stopped}),
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stopped_task_fails_the_liveness_probe_and_is_named() {
-        assert_eq!(liveness(&[]), (200, serde_json::json!({"status": "ok"})));
-        let (status, body) = liveness(&["relay"]);
-        assert_eq!(status, 503);
-        assert_eq!(body["status"], "failing");
-        assert_eq!(body["stopped"], serde_json::json!(["relay"]));
     }
 }

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use warren_messaging::config::WorkerSettings;
+
 use crate::{Error, Result};
 
 /// Default database of the orders worker.
@@ -36,8 +38,10 @@ pub struct Config {
     pub inventory_attempts: u32,
     /// Largest delay between two driver rounds of one order (default 60 s).
     pub redrive_backoff_max: Duration,
-    /// Connections in the database pool, `WARREN_DATABASE_MAX_CONNECTIONS` (default 10).
-    pub database_max_connections: u32,
+    /// The connection budget and processed-id retention every worker reads
+    /// (`WARREN_DATABASE_MAX_CONNECTIONS`, `WARREN_CONSUMER_LANES`,
+    /// `WARREN_PROCESSED_RETENTION_SECONDS`).
+    pub worker: WorkerSettings,
 }
 
 impl Config {
@@ -53,14 +57,13 @@ impl Config {
             inventory_timeout: Duration::from_secs(5),
             inventory_attempts: 3,
             redrive_backoff_max: Duration::from_secs(60),
-            database_max_connections: 10,
+            worker: WorkerSettings::default(),
         }
     }
 
     /// Reads `WARREN_AMQP_URL` (with `WARREN_AMQP_USERNAME` / `WARREN_AMQP_PASSWORD`),
-    /// `WARREN_DATABASE_URL`, `WARREN_DATABASE_MAX_CONNECTIONS`,
-    /// `WARREN_HTTP_ADDR`, `WARREN_INVENTORY_URL` and
-    /// `WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS`.
+    /// `WARREN_DATABASE_URL`, `WARREN_HTTP_ADDR`, `WARREN_INVENTORY_URL`,
+    /// `WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS` and the [`WorkerSettings`].
     pub fn from_env() -> Result<Config> {
         Config::from_lookup(|name| std::env::var(name).ok())
     }
@@ -88,14 +91,7 @@ impl Config {
             })?;
             config.inventory_url = url;
         }
-        if let Some(n) = get("WARREN_DATABASE_MAX_CONNECTIONS") {
-            config.database_max_connections =
-                n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    Error::Config(format!(
-                        "WARREN_DATABASE_MAX_CONNECTIONS `{n}` is not a positive number"
-                    ))
-                })?;
-        }
+        config.worker = WorkerSettings::from_lookup(&lookup)?;
         if let Some(secs) = get("WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS") {
             let n: u64 = secs.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                 Error::Config(format!(

@@ -1,10 +1,11 @@
 //! The HTTP API: orders (`POST /orders`, `GET /orders/{id}`, cancel, complete, payment-failed)
 //! and the probes (`/healthz`, `/readyz`, `/metrics`).
 //!
-//! Bodies are parsed by hand from JSON values so that every 400 names the field at fault.
+//! Bodies are parsed by hand from JSON values so that every 400 names the field at fault; the
+//! edge shared with inventory ([`warren_messaging::http`]) gives every error the same JSON shape,
+//! refuses non-JSON bodies with 415 and answers 503 while the database is out of reach.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,15 +13,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 use warren_messaging::Metrics;
 use warren_messaging::events::Quantity;
+use warren_messaging::http::{Probes, json_edges};
 
 use crate::driver::ReservationDriver;
 use crate::lifecycle::{self, Input, Transition};
-use crate::readiness::Readiness;
 use crate::store::{self, OrderView};
 
 /// Lines one order may hold.
@@ -37,8 +38,8 @@ pub struct AppState {
     pub driver: ReservationDriver,
     /// Served on `/metrics`.
     pub metrics: Metrics,
-    /// Answers `/readyz`.
-    pub readiness: Arc<Readiness>,
+    /// Answers `/healthz` and `/readyz`.
+    pub probes: Probes,
 }
 
 /// The router of the orders API.
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
                 field: None,
             }
         })
+        .layer(axum::middleware::from_fn(json_edges))
         .with_state(state)
 }
 
@@ -98,6 +100,19 @@ impl ApiError {
 
 impl From<crate::Error> for ApiError {
     fn from(err: crate::Error) -> ApiError {
+        let database = match &err {
+            crate::Error::Database(db)
+            | crate::Error::Messaging(warren_messaging::Error::Database(db)) => Some(db),
+            _ => None,
+        };
+        if database.is_some_and(warren_messaging::http::database_unavailable) {
+            tracing::warn!(error = %err, "request refused: the database is unavailable");
+            return ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the database is unavailable, retry shortly".into(),
+                field: None,
+            };
+        }
         // The details stay in the log; the client learns only that it failed.
         tracing::error!(error = %err, "request failed");
         ApiError {
@@ -116,17 +131,20 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.field {
-            Some(field) => json!({"error": self.message, "field": field}),
-            None => json!({"error": self.message}),
-        };
-        (self.status, axum::Json(body)).into_response()
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            return warren_messaging::http::unavailable_response();
+        }
+        warren_messaging::http::error_response(self.status, &self.message, self.field.as_deref())
     }
 }
 
+/// The body as JSON, with no string PostgreSQL could not store.
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_body(format!("request body is not valid JSON: {e}")))
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_body(format!("request body is not valid JSON: {e}")))?;
+    warren_messaging::http::nul_free(&value)
+        .map_err(|field| ApiError::bad_field(&field, format!("{field} must not contain NUL")))?;
+    Ok(value)
 }
 
 fn parse_uuid(field: &str, value: Option<&Value>) -> Result<Uuid, ApiError> {
@@ -325,19 +343,11 @@ async fn payment_failed(
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    let (status, body) = warren_messaging::process::liveness(&state.readiness.stopped_tasks());
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    (status, axum::Json(body)).into_response()
+    state.probes.healthz()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let report = state.readiness.check().await;
-    let status = if report.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(report)).into_response()
+    state.probes.readyz().await
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -354,6 +364,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn field_of(body: Value) -> Option<String> {
         parse_new_order(&body).unwrap_err().field

@@ -13,20 +13,16 @@ pub mod http;
 pub mod inventory;
 pub mod lifecycle;
 pub mod metrics;
-pub mod readiness;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warren_messaging::broker;
 use warren_messaging::config::redact;
+use warren_messaging::http::{Probes, TaskFlag, watch};
 use warren_messaging::topology::{ORDERS_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE};
 use warren_messaging::{ConsumerConfig, IdempotentConsumer, Metrics, OutboxRelay, RelayConfig};
 
@@ -36,7 +32,6 @@ use crate::consumer::InventoryEventHandler;
 use crate::driver::ReservationDriver;
 use crate::inventory::InventoryClient;
 use crate::metrics::OrdersMetrics;
-use crate::readiness::{Alive, Readiness};
 
 /// The service name: connection names, metric prefix.
 pub const SERVICE_NAME: &str = "orders";
@@ -130,42 +125,6 @@ impl Service {
     }
 }
 
-/// Creates the database of `url` if it does not exist, through the `postgres` database of the
-/// same server.
-async fn ensure_database(url: &str) -> Result<PgConnectOptions> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| Error::Config(format!("WARREN_DATABASE_URL `{}`: {e}", redact(url))))?;
-    let name = options
-        .get_database()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "WARREN_DATABASE_URL `{}` names no database",
-                redact(url)
-            ))
-        })?
-        .to_owned();
-    let mut admin = options.clone().database("postgres").connect().await?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&name)
-        .fetch_optional(&mut admin)
-        .await?;
-    if exists.is_none() {
-        let quoted = name.replace('"', "\"\"");
-        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
-            .execute(&mut admin)
-            .await
-        {
-            Ok(_) => tracing::info!(database = %name, "database created"),
-            // Another replica created it between our check and our CREATE.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let _ = admin.close().await;
-    Ok(options)
-}
-
 /// Fails with `MissingTopology` unless the exchange orders publishes to and the queues it
 /// consumes exist; never declares anything.
 async fn check_topology(amqp_url: &str, consumer: &ConsumerConfig) -> Result<()> {
@@ -186,12 +145,8 @@ pub async fn start(config: Config) -> Result<Service> {
         inventory = %redact(&config.inventory_url),
         "starting orders worker"
     );
-    let options = ensure_database(&config.database_url).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await?;
+    let pool =
+        warren_messaging::database::connect(&config.database_url, config.worker.database).await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     warren_messaging::schema::migrate(&pool).await?;
 
@@ -199,7 +154,8 @@ pub async fn start(config: Config) -> Result<Service> {
         SERVICE_NAME,
         &config.amqp_url,
         ORDERS_INVENTORY_EVENTS_QUEUE,
-    );
+    )
+    .with_worker_settings(&config.worker);
     check_topology(&config.amqp_url, &consumer_config).await?;
 
     let metrics = Metrics::new(SERVICE_NAME);
@@ -213,19 +169,19 @@ pub async fn start(config: Config) -> Result<Service> {
     let stop_work = CancellationToken::new();
     let stop_relay = CancellationToken::new();
 
-    let relay_alive = Alive::new();
+    let relay_running = TaskFlag::running();
     let relay = OutboxRelay::new(
         pool.clone(),
         RelayConfig::new(SERVICE_NAME, &config.amqp_url, &[ORDERS_EXCHANGE]),
         metrics.clone(),
     );
     let relay = tokio::spawn(watch(
-        relay_alive.clone(),
+        relay_running.clone(),
         "outbox relay",
         relay.run(stop_relay.clone()),
     ));
 
-    let consumer_alive = Alive::new();
+    let consumer_running = TaskFlag::running();
     let consumer = IdempotentConsumer::new(
         pool.clone(),
         consumer_config,
@@ -233,7 +189,7 @@ pub async fn start(config: Config) -> Result<Service> {
         metrics.clone(),
     );
     let consumer = tokio::spawn(watch(
-        consumer_alive.clone(),
+        consumer_running.clone(),
         "consumer",
         consumer.run(stop_work.clone()),
     ));
@@ -248,17 +204,18 @@ pub async fn start(config: Config) -> Result<Service> {
     );
     let driver_task = tokio::spawn(driver.clone().run());
 
-    let readiness = Arc::new(Readiness::new(
+    let probes = Probes::new(
         pool.clone(),
         metrics.clone(),
-        relay_alive,
-        consumer_alive,
-    ));
+        ORDERS_INVENTORY_EVENTS_QUEUE,
+        relay_running,
+        consumer_running,
+    );
     let app = http::router(http::AppState {
         pool: pool.clone(),
         driver,
         metrics: metrics.clone(),
-        readiness,
+        probes,
     });
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -281,18 +238,4 @@ pub async fn start(config: Config) -> Result<Service> {
         consumer,
         relay,
     })
-}
-
-/// Runs a messaging task and flags it as ended (for `/readyz`) when it returns.
-async fn watch(
-    alive: Alive,
-    what: &'static str,
-    task: impl Future<Output = warren_messaging::Result<()>>,
-) -> warren_messaging::Result<()> {
-    let result = task.await;
-    if let Err(e) = &result {
-        tracing::error!(error = %e, task = what, "background task stopped");
-    }
-    alive.ended();
-    result
 }
