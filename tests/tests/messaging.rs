@@ -613,6 +613,29 @@ async fn a_consumer_refuses_to_start_without_its_topology_and_names_what_is_miss
 /// A valid `inventory.stock_replenished` event published straight to the inventory exchange (the
 /// relay needs the database, which these tests take away); returns its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_order_holds_at_first_attempts_and_a_retried_event_is_overtaken_as_documented() {
+    let mut h = Harness::start("order-contract").await;
+    h.spawn_relay();
+    h.spawn_consumer();
+    let product = Uuid::new_v4();
+    let mut tx = h.pool().begin().await.unwrap();
+    let first = enqueue_in(&mut tx, product, 1).await;
+    h.handler
+        .fail(first, vec![HandlerError::transient("scripted failure")]);
+    for seq in 2..=5 {
+        enqueue_in(&mut tx, product, seq).await;
+    }
+    tx.commit().await.unwrap();
+    eventually(WAIT, "all five applied", || async {
+        h.effects().await == 5
+    })
+    .await;
+    // The four that succeeded at once are in order; the retried one comes after them.
+    assert_eq!(h.sequences().await[&product], [2, 3, 4, 5, 1]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_rolled_back_batch_applied_is_committed_once_not_once_per_attempt() {
     let mut h = Harness::start("commit-once").await;
     // One lane, so events queued before the consumer starts reach it in batches.

@@ -13,6 +13,17 @@
 //! database is unreachable, or a park fails, the messages stay unacknowledged and the lane
 //! tries again with backoff: no requeue, so none of a quorum queue's `x-delivery-limit` is spent
 //! and nothing is dead-lettered for an outage.
+//!
+//! # The ordering contract
+//!
+//! Events of one aggregate are applied in the order the queue delivers them (the relay publishes
+//! them in commit order and holds back an aggregate's later rows while one waits), as long as
+//! each succeeds at its first attempt. An event whose handler fails waits in a retry tier, and
+//! the later events of its aggregate are applied before it: a handler must accept an aggregate's
+//! events out of order once a retry happened (the orders life cycle and inventory's reservation
+//! statuses are total over every event in every state, so a late fact is applied or ignored,
+//! never misapplied). Holding an aggregate's later events behind a retry instead would stall the
+//! aggregate for the retry's delay on every replica; the tests assert the contract as stated.
 
 use std::collections::HashSet;
 use std::future::Future;
