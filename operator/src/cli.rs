@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+pub mod dlq;
 pub mod export;
 
 use crate::crd::{BindingSpec, Broker, DeletionPolicy, ExchangeSpec, PolicySpec, QueueSpec};

@@ -30,6 +30,15 @@ pub enum Error {
         /// RabbitMQ's `reason` field, the useful text (e.g. `inequivalent arg 'x-message-ttl' ...`).
         reason: String,
     },
+    /// An AMQP call failed (`warren dlq replay`, the one command that speaks AMQP).
+    #[error("AMQP: cannot {action}")]
+    Amqp {
+        /// What Warren was doing, e.g. `get from orders.inventory_events.dlq`.
+        action: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
     /// The management API could not be reached or did not answer in time.
     #[error("cannot reach the RabbitMQ management API at {url}")]
     Transport {
@@ -148,6 +157,7 @@ impl Error {
         match self {
             Error::RabbitMq { .. } => "rabbitmq_refused",
             Error::Transport { .. } => "rabbitmq_unreachable",
+            Error::Amqp { .. } => "amqp",
             Error::InvalidResponse { .. } => "rabbitmq_invalid_response",
             Error::Config(_) => "config",
             Error::Io { .. } => "io",

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use warren_operator::cli::{self, ApplyOptions, Report};
+use warren_operator::cli::{self, ApplyOptions, Report, dlq};
 
 /// Warren: RabbitMQ topology as Kubernetes resources.
 #[derive(Parser)]
@@ -47,8 +47,86 @@ enum Command {
     /// Write a live vhost's topology as Warren resources (multi-document YAML on stdout).
     #[command(after_help = CONNECTION_ENV)]
     Export(ExportArgs),
+    /// Inspect, replay or purge the dead-letter queue (`<queue>.dlq`) of a consuming queue.
+    Dlq(DlqArgs),
     /// Run the controllers in a cluster (leader election, /metrics, /healthz, /readyz).
     Operator(warren_operator::controller::OperatorArgs),
+}
+
+#[derive(Args)]
+struct DlqArgs {
+    #[command(subcommand)]
+    action: DlqAction,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List parked messages, left in place: message id, event type, reason, attempts, when,
+    /// error.
+    #[command(after_help = CONNECTION_ENV)]
+    List {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Most messages to read.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// `table`, or `json` (an array).
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Show one parked message with its headers' story and its body (JSON), left in place.
+    #[command(after_help = CONNECTION_ENV)]
+    Show {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Its message id (Warren's event id).
+        id: String,
+    },
+    /// Republish parked messages to their original exchange and routing key with a fresh
+    /// attempt count; each leaves the dead-letter queue only once the republish is confirmed.
+    ///
+    /// Exit status: 0 when every selected message was replayed, 2 otherwise.
+    #[command(after_help = CONNECTION_ENV)]
+    Replay {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// A message id to replay; repeatable.
+        #[arg(long = "id", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Replay every message in the queue now.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// AMQP URL (host and port; the vhost and the management credentials are put in);
+        /// by default the node's AMQP listener on the management host.
+        #[arg(long)]
+        amqp_url: Option<String>,
+    },
+    /// Delete every parked message for good.
+    #[command(after_help = CONNECTION_ENV)]
+    Purge {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Confirms the purge; without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which dead-letter queue, on which broker.
+#[derive(Args)]
+struct DlqTarget {
+    /// The consuming queue (its dead-letter queue is `<queue>.dlq`), or the `.dlq` itself.
+    queue: String,
+    /// Its vhost.
+    #[arg(long, default_value = "/")]
+    vhost: String,
+    /// Management API of the broker.
+    #[arg(
+        long,
+        env = "WARREN_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    management_url: String,
 }
 
 /// The files a command reads, where they go, and the broker override.
@@ -138,6 +216,10 @@ fn fail(error: &warren_operator::Error) -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
+        Command::Dlq(args) => match dlq(args.action).await {
+            Ok(code) => code,
+            Err(error) => fail(&error),
+        },
         Command::Operator(args) => match warren_operator::controller::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
@@ -229,6 +311,85 @@ async fn run(command: Command) -> ExitCode {
             }
         }
     }
+}
+
+async fn open(target: &DlqTarget) -> Result<dlq::Target, warren_operator::Error> {
+    let options = ApplyOptions::from_env()?;
+    dlq::Target::open(
+        &target.management_url,
+        &target.vhost,
+        &target.queue,
+        &options,
+    )
+    .await
+}
+
+async fn dlq(action: DlqAction) -> Result<ExitCode, warren_operator::Error> {
+    match action {
+        DlqAction::List {
+            target,
+            limit,
+            output,
+        } => {
+            let t = open(&target).await?;
+            let messages = dlq::list(&t.api, &t.vhost, &t.dlq, limit).await?;
+            if output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&messages).unwrap_or_default()
+                );
+            } else {
+                print!("{}", dlq::table(&messages));
+            }
+        }
+        DlqAction::Show { target, id } => {
+            let t = open(&target).await?;
+            let message = dlq::show(&t.api, &t.vhost, &t.dlq, &id).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&message).unwrap_or_default()
+            );
+        }
+        DlqAction::Replay {
+            target,
+            ids,
+            all,
+            amqp_url,
+        } => {
+            let t = open(&target).await?;
+            let selection = if all {
+                dlq::Selection::All
+            } else {
+                dlq::Selection::Ids(ids.into_iter().collect())
+            };
+            let url = t.amqp_url(amqp_url.as_deref()).await?;
+            let report = dlq::replay(&url, &t.dlq, &selection).await?;
+            for id in &report.replayed {
+                println!("replayed {id}");
+            }
+            for (id, why) in &report.failed {
+                println!("left {id} in {}: {why}", t.dlq);
+            }
+            for id in &report.missing {
+                println!("not found: {id}");
+            }
+            println!(
+                "{} replayed, {} left, {} not found",
+                report.replayed.len(),
+                report.failed.len(),
+                report.missing.len()
+            );
+            if !report.failed.is_empty() || !report.missing.is_empty() {
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        }
+        DlqAction::Purge { target, yes } => {
+            let t = open(&target).await?;
+            dlq::purge(&t.api, &t.vhost, &t.dlq, yes).await?;
+            println!("purged {}", t.dlq);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn finish(report: &Report) -> ExitCode {

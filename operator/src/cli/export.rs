@@ -127,7 +127,10 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> Result<T> {
 }
 
 /// `amqp://HOST:PORT` (or `amqps://`) for the host of `management_url` and the node's listener.
-fn derived_amqp_url(management_url: &str, overview: &crate::rabbitmq::Overview) -> Option<String> {
+pub(crate) fn derived_amqp_url(
+    management_url: &str,
+    overview: &crate::rabbitmq::Overview,
+) -> Option<String> {
     let url = reqwest::Url::parse(management_url).ok()?;
     // `host_str` already brackets an IPv6 address.
     let host = url.host_str()?;

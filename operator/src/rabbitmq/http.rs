@@ -134,6 +134,40 @@ impl HttpManagementApi {
         &self.base_url
     }
 
+    /// Reads up to `count` messages from the head of a queue and puts them back
+    /// (`ack_requeue_true`): the queue keeps every message. Each entry is RabbitMQ's JSON
+    /// (`payload`, `payload_encoding`, `properties`, `exchange`, `routing_key`, ...).
+    pub async fn peek_messages(
+        &self,
+        vhost: &str,
+        queue: &str,
+        count: usize,
+    ) -> Result<Vec<Value>> {
+        let path = format!("queues/{}/{}/get", enc(vhost), enc(queue));
+        let body = json!({"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"});
+        let response = self.call(Method::POST, &path, Some(&body)).await?;
+        let url = response.url().to_string();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| Error::Transport { url, source })?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::InvalidResponse {
+            path: format!("/api/{path}"),
+            source,
+        })
+    }
+
+    /// Deletes every message of a queue (the queue stays).
+    pub async fn purge_queue(&self, vhost: &str, queue: &str) -> Result<()> {
+        self.call(
+            Method::DELETE,
+            &format!("queues/{}/{}/contents", enc(vhost), enc(queue)),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Sends one call; any non-2xx answer becomes [`Error::RabbitMq`] with RabbitMQ's reason.
     async fn call(
         &self,
