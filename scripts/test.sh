@@ -3,7 +3,7 @@
 # and schema validation), unit tests, the tests against the real RabbitMQ and PostgreSQL
 # (started by scripts/services.sh), the operator's tests against a real Kubernetes API server
 # (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared by scripts/envtest.sh),
-# and scripts/node-e2e.sh: the chart, the topology and both workers as real pods on a one-node
+# the fault suite (alone: it stops RabbitMQ), and scripts/node-e2e.sh: the chart, the topology and both workers as real pods on a one-node
 # cluster of this machine, and an order through them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +27,9 @@ set -e
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 [ "$status" = 0 ] || exit "$status"
+# The fault suite stops the shared RabbitMQ, so it runs alone, after the others: both workers as
+# processes under load through kill -9, forced connection closes, a RabbitMQ stop and a
+# PostgreSQL outage, then every invariant (tests/tests/faults.rs).
+cargo build -p warren-orders -p warren-inventory
+cargo test -p warren-tests --test faults -- --ignored --nocapture
 scripts/node-e2e.sh

@@ -6,6 +6,7 @@
 
 pub mod chart;
 pub mod envtest;
+pub mod faults;
 pub mod harness;
 pub mod operator;
 pub mod support;
