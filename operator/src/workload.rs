@@ -73,12 +73,15 @@ fn owner_reference(worker: &Worker) -> Value {
 /// `amqp_url` pointed at `vhost` (percent-encoded), without user info: the credentials come
 /// from the Broker's Secret as separate variables.
 pub fn amqp_url_for(amqp_url: &str, vhost: &str) -> String {
-    let (scheme, rest) = amqp_url.split_once("://").unwrap_or(("amqp", amqp_url));
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}/{}", urlencoding::encode(vhost))
+    let Ok(mut url) = reqwest::Url::parse(amqp_url) else {
+        // Not a URL: the worker's connection attempt says so in its log.
+        return amqp_url.to_owned();
+    };
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_path(&format!("/{}", urlencoding::encode(vhost)));
+    url.to_string()
 }
 
 fn secret_env(name: &str, secret: &str, key: &str) -> Value {

@@ -109,14 +109,13 @@ impl Target {
                     })?
             }
         };
-        let bare = crate::workload::amqp_url_for(&base, &self.vhost);
-        let (scheme, rest) = bare.split_once("://").unwrap_or(("amqp", &bare));
+        let mut url = reqwest::Url::parse(&crate::workload::amqp_url_for(&base, &self.vhost))
+            .map_err(|e| Error::Config(format!("AMQP URL {base:?}: {e}")))?;
         let credentials = &self.broker.credentials;
-        Ok(format!(
-            "{scheme}://{}:{}@{rest}",
-            urlencoding::encode(&credentials.username),
-            urlencoding::encode(&credentials.password)
-        ))
+        url.set_username(&credentials.username)
+            .and_then(|()| url.set_password(Some(&credentials.password)))
+            .map_err(|()| Error::Config(format!("AMQP URL {base:?} has no host")))?;
+        Ok(url.to_string())
     }
 }
 

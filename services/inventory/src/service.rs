@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren_messaging::broker::{self, RequiredTopology};
+use warren_messaging::broker;
 use warren_messaging::config::redact;
 use warren_messaging::http::{Probes, TaskFlag, watch};
 use warren_messaging::topology::{INVENTORY_EXCHANGE, INVENTORY_ORDER_EVENTS_QUEUE};
@@ -52,13 +52,13 @@ pub async fn start(config: Config) -> Result<Service> {
         ConsumerConfig::new(SERVICE, &config.amqp_url, INVENTORY_ORDER_EVENTS_QUEUE)
             .with_worker_settings(&config.worker);
     let relay_config = RelayConfig::new(SERVICE, &config.amqp_url, &[INVENTORY_EXCHANGE]);
-    // Check the topology now, so a missing one fails `start` instead of a background task.
-    let mut required: RequiredTopology = consumer_config.required_topology();
-    required.exchanges.push(INVENTORY_EXCHANGE.to_owned());
-    let check = broker::connect(&config.amqp_url, "inventory-topology-check").await?;
-    let verified = broker::verify_topology(&check, &required).await;
-    let _ = check.close(200, "checked".into()).await;
-    verified?;
+    broker::check_worker_topology(
+        &config.amqp_url,
+        SERVICE,
+        &consumer_config,
+        INVENTORY_EXCHANGE,
+    )
+    .await?;
 
     let metrics = Metrics::new(SERVICE);
     let inventory_metrics = InventoryMetrics::register(&metrics);

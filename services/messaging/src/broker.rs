@@ -112,6 +112,23 @@ pub struct RequiredTopology {
     pub queues: Vec<String>,
 }
 
+/// What a worker checks as it starts, so a missing topology fails the start (and names what is
+/// missing) instead of a background task: the queues `consumer` reads and the exchange the
+/// worker publishes to, on a short-lived connection of its own. Declares nothing.
+pub async fn check_worker_topology(
+    amqp_url: &str,
+    service: &str,
+    consumer: &crate::ConsumerConfig,
+    publishes_to: &str,
+) -> Result<()> {
+    let conn = connect(amqp_url, &format!("{service}-topology-check")).await?;
+    let mut required = consumer.required_topology();
+    required.exchanges.push(publishes_to.to_owned());
+    let checked = verify_topology(&conn, &required).await;
+    let _ = conn.close(200, "topology checked".into()).await;
+    checked
+}
+
 /// Checks with passive declares that every exchange and queue exists.
 ///
 /// A failed passive declare closes its channel, so each check uses a channel of its own.

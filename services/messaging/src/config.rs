@@ -58,23 +58,6 @@ pub fn amqp_url_from(lookup: impl Fn(&str) -> Option<String>) -> String {
     }
 }
 
-/// `amqp_url` with `username` and `password` (percent-encoded) as its user info.
-pub fn with_credentials(amqp_url: &str, username: &str, password: &str) -> String {
-    let (scheme, rest) = amqp_url.split_once("://").unwrap_or(("amqp", amqp_url));
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
-    };
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!(
-        "{scheme}://{}:{}@{host}{path}",
-        urlencoding::encode(username),
-        urlencoding::encode(password)
-    )
-}
-
 /// What every worker reads from the environment the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerSettings {
@@ -126,26 +109,41 @@ pub fn positive<T: FromStr + Default + PartialOrd>(name: &str, text: &str) -> Re
         .ok_or_else(|| Error::Config(format!("{name} `{text}` is not a positive whole number")))
 }
 
-/// `url` with any password replaced by `***`, for logs.
+/// `amqp_url` with `username` and `password` (percent-encoded) as its user info. A URL that
+/// does not parse is returned as it is: connecting to it fails and says why.
+pub fn with_credentials(amqp_url: &str, username: &str, password: &str) -> String {
+    let Ok(mut url) = url::Url::parse(amqp_url) else {
+        return amqp_url.to_owned();
+    };
+    // Only a URL without a host refuses user info, and such a URL cannot be connected to.
+    if url.set_username(username).is_err() || url.set_password(Some(password)).is_err() {
+        return amqp_url.to_owned();
+    }
+    url.to_string()
+}
+
+/// `url` with any password replaced by `***`, for logs. A URL that does not parse is shown only
+/// when it cannot hold a password.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) if !url.contains('@') => url.to_owned(),
+        Err(_) => "(a URL that does not parse, not shown: it may hold a password)".to_owned(),
     }
 }
 
-/// `amqp_url` pointed at `vhost` instead of its own path.
+/// `amqp_url` pointed at `vhost` (percent-encoded, `/` included) instead of its own path.
 pub fn with_vhost(amqp_url: &str, vhost: &str) -> String {
-    let encoded = urlencoding::encode(vhost);
-    let (scheme, rest) = amqp_url.split_once("://").unwrap_or(("amqp", amqp_url));
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    format!("{scheme}://{authority}/{encoded}")
+    let Ok(mut url) = url::Url::parse(amqp_url) else {
+        return amqp_url.to_owned();
+    };
+    url.set_query(None);
+    url.set_path(&format!("/{}", urlencoding::encode(vhost)));
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -162,6 +160,11 @@ mod tests {
             redact("postgres://postgres@h/db"),
             "postgres://postgres@h/db"
         );
+        assert_eq!(
+            redact("postgres://u:s3cret@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
+        assert!(!redact("amqp://u:s3cret@[bad").contains("s3cret"));
     }
 
     #[test]

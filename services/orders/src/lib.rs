@@ -125,17 +125,6 @@ impl Service {
     }
 }
 
-/// Fails with `MissingTopology` unless the exchange orders publishes to and the queues it
-/// consumes exist; never declares anything.
-async fn check_topology(amqp_url: &str, consumer: &ConsumerConfig) -> Result<()> {
-    let conn = broker::connect(amqp_url, &format!("{SERVICE_NAME}-topology-check")).await?;
-    let mut required = consumer.required_topology();
-    required.exchanges.push(ORDERS_EXCHANGE.to_owned());
-    let checked = broker::verify_topology(&conn, &required).await;
-    let _ = conn.close(200, "topology checked".into()).await;
-    checked.map_err(Error::from)
-}
-
 /// Starts the orders worker: database and migrations, topology check, outbox relay, consumer of
 /// `orders.inventory_events`, reservation driver and the HTTP API on `config.http_addr`.
 pub async fn start(config: Config) -> Result<Service> {
@@ -156,7 +145,13 @@ pub async fn start(config: Config) -> Result<Service> {
         ORDERS_INVENTORY_EVENTS_QUEUE,
     )
     .with_worker_settings(&config.worker);
-    check_topology(&config.amqp_url, &consumer_config).await?;
+    broker::check_worker_topology(
+        &config.amqp_url,
+        SERVICE_NAME,
+        &consumer_config,
+        ORDERS_EXCHANGE,
+    )
+    .await?;
 
     let metrics = Metrics::new(SERVICE_NAME);
     let orders_metrics = OrdersMetrics::register(&metrics);
