@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check and test of Warren: formatting, clippy, the Helm chart (offline lint, render
+# Runs every check and test of Warren: formatting, clippy, no unused dependency, the Helm chart (offline lint, render
 # and schema validation), unit tests, the tests against the real RabbitMQ and PostgreSQL
 # (started by scripts/services.sh), the operator's tests against a real Kubernetes API server
 # (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared by scripts/envtest.sh),
@@ -15,6 +15,7 @@ if [ -z "$KUBEBUILDER_ASSETS" ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+scripts/unused-deps.py
 scripts/chart-check.sh
 # cargo prints one summary per test binary (the last one is often an empty doc-test run), so
 # close with one line that adds them all up.
