@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check and test of Warren: formatting, clippy, no unused dependency, the Helm
-# chart (offline lint, render and schema validation), unit tests, the tests against the real RabbitMQ and PostgreSQL
-# (started by scripts/services.sh), the operator's tests against a real Kubernetes API server
-# (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared by scripts/envtest.sh),
-# the fault suite (alone: it stops RabbitMQ), and scripts/node-e2e.sh: the chart, the topology and both workers as real pods on a one-node
-# cluster of this machine, and an order through them.
+# chart (offline lint, render and schema validation), unit tests, the tests against the real
+# RabbitMQ and PostgreSQL (started by scripts/services.sh), the operator's tests against a real
+# Kubernetes API server (envtest assets from KUBEBUILDER_ASSETS or ../shared/envtest, prepared
+# by scripts/envtest.sh), the fault suite (alone: it stops RabbitMQ), and scripts/node-e2e.sh:
+# the chart, the topology and both workers as real pods on a one-node cluster of this machine,
+# and an order through them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
