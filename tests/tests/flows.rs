@@ -272,7 +272,7 @@ async fn a_non_retriable_event_lands_in_the_dead_letter_queue() {
             order_id: Uuid::new_v4(),
             product_id: Uuid::new_v4(),
             quantity: warren_messaging::events::Quantity::new(1).unwrap(),
-            expires_at: chrono::Utc::now(),
+            expires_at: jiff::Timestamp::now(),
         }),
         "inventory-service",
         "corr-unknown",

@@ -261,10 +261,11 @@ async fn http_api_answers_with_the_right_status_and_field() {
     assert_eq!(created["productId"], id);
     assert_eq!(created["quantity"], 2);
     assert_eq!(created["status"], "reserved");
-    let expires: chrono::DateTime<chrono::Utc> =
-        created["expiresAt"].as_str().unwrap().parse().unwrap();
-    let ttl = expires - chrono::Utc::now();
-    assert!(ttl > chrono::Duration::seconds(800) && ttl <= chrono::Duration::seconds(900));
+    let expires: jiff::Timestamp = created["expiresAt"].as_str().unwrap().parse().unwrap();
+    let ttl = expires.duration_since(jiff::Timestamp::now());
+    assert!(
+        ttl > jiff::SignedDuration::from_secs(800) && ttl <= jiff::SignedDuration::from_secs(900)
+    );
     let (status, repeat) = b.reserve(order, product_id, 2).await;
     assert_eq!(status, 200);
     assert_eq!(repeat["reservationId"], created["reservationId"]);
@@ -475,7 +476,7 @@ async fn a_reservation_reaches_the_broker_with_the_order_as_correlation_id() {
         created["expiresAt"]
             .as_str()
             .unwrap()
-            .parse::<chrono::DateTime<chrono::Utc>>()
+            .parse::<jiff::Timestamp>()
             .unwrap()
     );
     b.stop().await;

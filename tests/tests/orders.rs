@@ -14,7 +14,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -124,7 +123,7 @@ async fn reserve(State(fake): State<FakeInventory>, Json(body): Json<Value>) -> 
             let body = json!({
                 "reservationId": id, "orderId": order, "productId": product,
                 "quantity": quantity, "status": "reserved",
-                "expiresAt": (Utc::now() + chrono::Duration::minutes(15)).to_rfc3339(),
+                "expiresAt": (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(15)).to_string(),
             });
             (status, Json(body)).into_response()
         }
@@ -325,7 +324,7 @@ fn reserved(fake: &FakeInventory, order: Uuid, product: Uuid) -> Event {
         order_id: order,
         product_id: product,
         quantity: q(2),
-        expires_at: Utc::now() + chrono::Duration::minutes(15),
+        expires_at: jiff::Timestamp::now() + jiff::SignedDuration::from_mins(15),
     })
 }
 

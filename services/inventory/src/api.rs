@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -190,7 +189,7 @@ struct ReservationView {
     quantity: i32,
     status: String,
     release_reason: Option<String>,
-    expires_at: DateTime<Utc>,
+    expires_at: jiff::Timestamp,
 }
 
 impl From<store::Reservation> for ReservationView {

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -70,7 +69,8 @@ pub struct Reservation {
     /// Why it was released, when it was.
     pub release_reason: Option<String>,
     /// When it lapses unless confirmed.
-    pub expires_at: DateTime<Utc>,
+    #[sqlx(try_from = "jiff_sqlx::Timestamp")]
+    pub expires_at: jiff::Timestamp,
 }
 
 impl Reservation {

@@ -5,7 +5,7 @@
 //! an unknown type, another major version, a missing field or a malformed id is an error that
 //! names the field, so the consumer can park the message with a useful reason.
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -72,7 +72,7 @@ pub struct Envelope {
     /// Unique id of this event; the consumer's deduplication key and the AMQP message_id.
     pub event_id: Uuid,
     /// When the event happened.
-    pub timestamp: DateTime<Utc>,
+    pub timestamp: Timestamp,
     /// Schema version, `1.0` for everything written by this library.
     pub version: String,
     /// Emitting service and correlation id.
@@ -90,7 +90,7 @@ impl Envelope {
     ) -> Self {
         Envelope {
             event_id: Uuid::new_v4(),
-            timestamp: Utc::now(),
+            timestamp: Timestamp::now(),
             version: SCHEMA_VERSION.to_owned(),
             metadata: Metadata {
                 service: service.into(),
@@ -138,12 +138,13 @@ impl Envelope {
         }
         let event_id = parse_uuid("eventId", &take_string(&mut obj, "eventId")?)?;
         let timestamp_text = take_string(&mut obj, "timestamp")?;
-        let timestamp = DateTime::parse_from_rfc3339(&timestamp_text)
-            .map_err(|e| DecodeError::InvalidField {
-                field: "timestamp".into(),
-                reason: format!("not an ISO 8601 / RFC 3339 time: {e}"),
-            })?
-            .with_timezone(&Utc);
+        let timestamp =
+            timestamp_text
+                .parse::<Timestamp>()
+                .map_err(|e| DecodeError::InvalidField {
+                    field: "timestamp".into(),
+                    reason: format!("not an ISO 8601 / RFC 3339 time with an offset: {e}"),
+                })?;
         let metadata: Metadata = decode_field(&mut obj, "metadata")?;
         let data = obj
             .remove("data")
@@ -164,7 +165,7 @@ impl Envelope {
 struct WireOut<'a> {
     event_type: &'static str,
     event_id: Uuid,
-    timestamp: DateTime<Utc>,
+    timestamp: Timestamp,
     version: &'a str,
     data: serde_json::Value,
     metadata: &'a Metadata,
@@ -311,7 +312,7 @@ pub struct InventoryReserved {
     /// Units reserved.
     pub quantity: Quantity,
     /// When the reservation lapses unless confirmed.
-    pub expires_at: DateTime<Utc>,
+    pub expires_at: Timestamp,
 }
 
 /// `inventory.confirmed`: reserved stock was taken for good.

@@ -4,7 +4,6 @@
 //! Every change of an existing order starts with [`lock`] (`SELECT ... FOR UPDATE` on the order
 //! row), so concurrent requests and events on one order are applied one after the other.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -354,7 +353,7 @@ pub struct HistoryView {
     /// Why, for a cancellation.
     pub reason: Option<&'static str>,
     /// When.
-    pub at: DateTime<Utc>,
+    pub at: jiff::Timestamp,
 }
 
 /// Reads an order with its lines and history; `None` when there is no such order.
@@ -369,7 +368,7 @@ pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<OrderView>> {
         return Ok(None);
     };
     let lines = read_lines(&mut conn, id).await?;
-    let history: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+    let history: Vec<(String, Option<String>, jiff_sqlx::Timestamp)> = sqlx::query_as(
         "SELECT status, reason, at FROM order_history WHERE order_id = $1 ORDER BY id",
     )
     .bind(id)
@@ -400,7 +399,7 @@ pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<OrderView>> {
                 Ok(HistoryView {
                     status: status.parse::<OrderStatus>().map_err(corrupt)?.as_str(),
                     reason: parse_reason(reason)?,
-                    at,
+                    at: at.to_jiff(),
                 })
             })
             .collect::<Result<_>>()?,

@@ -198,10 +198,11 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         &self,
         applied: impl IntoIterator<Item = (&'a Envelope, H::Applied)>,
     ) {
-        let now = chrono::Utc::now();
+        let now = jiff::Timestamp::now();
         for (env, applied) in applied {
-            let lag = (now - env.timestamp).to_std().unwrap_or_default();
-            self.metrics.events_lag.observe(lag.as_secs_f64());
+            // A producer's clock ahead of ours reads as no lag, not a negative one.
+            let lag = now.duration_since(env.timestamp).as_secs_f64().max(0.0);
+            self.metrics.events_lag.observe(lag);
             self.handler.committed(applied);
         }
     }

@@ -161,7 +161,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 attempts,
                 error,
                 reason,
-                at: chrono::Utc::now(),
+                at: jiff::Timestamp::now(),
             },
         )
     }
@@ -229,7 +229,7 @@ struct Parked<'a> {
     error: &'a str,
     /// Set when it goes to the dead-letter queue (not a retry tier).
     reason: Option<&'a str>,
-    at: chrono::DateTime<chrono::Utc>,
+    at: jiff::Timestamp,
 }
 
 /// The headers a parked message carries: its own, plus the attempt count, the exchange and
@@ -265,7 +265,7 @@ fn park_headers(
         headers.insert(retry::REASON_HEADER.into(), text(reason));
         headers.insert(
             retry::DEAD_LETTERED_AT_HEADER.into(),
-            text(&parked.at.to_rfc3339()),
+            text(&parked.at.to_string()),
         );
     }
     headers
@@ -307,7 +307,7 @@ mod tests {
             attempts: 2,
             error,
             reason,
-            at: chrono::Utc::now(),
+            at: jiff::Timestamp::now(),
         }
     }
 

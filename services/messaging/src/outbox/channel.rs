@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use uuid::Uuid;
@@ -101,7 +100,7 @@ pub fn message_properties(
     correlation_id: &str,
     event_type: &str,
     service: &str,
-    occurred_at: DateTime<Utc>,
+    occurred_at: jiff::Timestamp,
 ) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
@@ -110,7 +109,7 @@ pub fn message_properties(
         .with_correlation_id(correlation_id.into())
         .with_type(event_type.into())
         .with_app_id(service.into())
-        .with_timestamp(occurred_at.timestamp().max(0) as u64)
+        .with_timestamp(occurred_at.as_second().max(0) as u64)
 }
 
 /// Waits for one confirm and says what it means for the row.

@@ -24,7 +24,6 @@ mod sql;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +59,7 @@ pub async fn enqueue(conn: &mut PgConnection, exchange: &str, envelope: &Envelop
     .bind(exchange)
     .bind(envelope.event_type())
     .bind(&envelope.metadata.correlation_id)
-    .bind(envelope.timestamp)
+    .bind(jiff_sqlx::Timestamp::from(envelope.timestamp))
     .bind(payload)
     .execute(conn)
     .await?;
@@ -130,7 +129,8 @@ struct OutboxRow {
     exchange: String,
     routing_key: String,
     correlation_id: String,
-    occurred_at: DateTime<Utc>,
+    #[sqlx(try_from = "jiff_sqlx::Timestamp")]
+    occurred_at: jiff::Timestamp,
     payload: String,
     attempts: i32,
 }

@@ -91,7 +91,7 @@ mod tests {
             exchange: "inventory.events".into(),
             routing_key: "inventory.reserved".into(),
             correlation_id: "c".into(),
-            occurred_at: chrono::Utc::now(),
+            occurred_at: jiff::Timestamp::now(),
             payload: "{}".into(),
             attempts,
         }
