@@ -1,12 +1,13 @@
-//! The inventory worker's settings: read from `WARREN_*` environment variables by `from_env`,
-//! or built by hand (tests do) since every field is public.
+//! The inventory worker's settings: [`Args`], the binary's options, each also read from its
+//! `WARREN_*` variable (clap's `env`, so `inventory --help` lists them all), or a [`Config`]
+//! built by hand (tests do) since every field is public.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use warren_messaging::config::WorkerSettings;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Default database: the local server's `warren_inventory`, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warren_inventory";
@@ -51,65 +52,68 @@ impl Config {
             worker: WorkerSettings::default(),
         }
     }
-
-    /// Reads the `WARREN_*` variables, with local defaults for those unset.
-    pub fn from_env() -> Result<Config> {
-        Config::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`Config::from_env`] with `lookup` standing in for the environment.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        // With WARREN_AMQP_USERNAME / WARREN_AMQP_PASSWORD (the Broker's Secret on Kubernetes).
-        let amqp_url = warren_messaging::config::amqp_url_from(&lookup);
-        let database_url =
-            get("WARREN_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        let mut config = Config::new(&amqp_url, &database_url);
-        if let Some(addr) = get("WARREN_HTTP_ADDR") {
-            config.http_addr = addr.trim().parse().map_err(|e| {
-                Error::Config(format!("WARREN_HTTP_ADDR `{addr}` is not host:port: {e}"))
-            })?;
-        }
-        if let Some(text) = get("WARREN_RESERVATION_TTL_SECONDS") {
-            config.reservation_ttl = seconds("WARREN_RESERVATION_TTL_SECONDS", &text)?;
-        }
-        if let Some(text) = get("WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS") {
-            config.expiry_sweep_interval = seconds("WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS", &text)?;
-        }
-        config.worker = WorkerSettings::from_lookup(&lookup)?;
-        Ok(config)
-    }
 }
 
-fn seconds(name: &str, text: &str) -> Result<Duration> {
-    text.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{name} `{text}` is not a positive number of seconds"
-            ))
-        })
+/// The `inventory` binary's options; each is also read from its `WARREN_*` variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "inventory", version, about = "Warren's inventory worker (ADR-029)",
+          after_help = warren_messaging::config::ENV_ONLY_HELP)]
+pub struct Args {
+    /// RabbitMQ; its vhost must hold manifests/topology (`start` fails otherwise).
+    #[arg(long, env = "WARREN_AMQP_URL", default_value = warren_messaging::config::DEFAULT_AMQP_URL,
+          hide_env_values = true)]
+    pub amqp_url: String,
+    /// The inventory's own database, created on first start.
+    #[arg(long, env = "WARREN_DATABASE_URL", default_value = DEFAULT_DATABASE_URL,
+          hide_env_values = true)]
+    pub database_url: String,
+    /// Where the HTTP API listens (port 0 picks a free port).
+    #[arg(long, env = "WARREN_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// How long a reservation holds stock, in seconds.
+    #[arg(long, env = "WARREN_RESERVATION_TTL_SECONDS", default_value_t = DEFAULT_RESERVATION_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reservation_ttl_seconds: u64,
+    /// Seconds between two sweeps for expired reservations.
+    #[arg(long, env = "WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS", default_value_t = DEFAULT_EXPIRY_SWEEP_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub expiry_sweep_interval_seconds: u64,
+    /// The connection budget and processed-id retention.
+    #[command(flatten)]
+    pub worker: warren_messaging::config::WorkerArgs,
+}
+
+impl Args {
+    /// The configuration these options describe, with the AMQP credentials of the
+    /// environment.
+    pub fn into_config(self) -> Result<Config> {
+        let mut config = Config::new(
+            &warren_messaging::config::amqp_url_with_env_credentials(&self.amqp_url),
+            &self.database_url,
+        );
+        config.http_addr = self.http_addr;
+        config.reservation_ttl = Duration::from_secs(self.reservation_ttl_seconds);
+        config.expiry_sweep_interval = Duration::from_secs(self.expiry_sweep_interval_seconds);
+        config.worker = self.worker.settings()?;
+        Ok(config)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use clap::Parser as _;
 
-    fn from(pairs: &[(&str, &str)]) -> Result<Config> {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| env.get(k).cloned())
+    fn parse(flags: &[&str]) -> std::result::Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("inventory").chain(flags.iter().copied()))
     }
 
     #[test]
     fn defaults_fit_a_local_machine() {
-        let c = from(&[]).unwrap();
+        let c = parse(&[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
         assert_eq!(c.reservation_ttl, Duration::from_secs(900));
@@ -117,26 +121,38 @@ mod tests {
     }
 
     #[test]
-    fn reads_and_checks_every_variable() {
-        let c = from(&[
-            ("WARREN_HTTP_ADDR", "0.0.0.0:9000"),
-            ("WARREN_RESERVATION_TTL_SECONDS", "60"),
-            ("WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS", "2"),
-            ("WARREN_DATABASE_URL", "postgres://u@db/inv"),
+    fn reads_and_checks_every_option() {
+        let c = parse(&[
+            "--http-addr=0.0.0.0:9000",
+            "--reservation-ttl-seconds=60",
+            "--expiry-sweep-interval-seconds=2",
+            "--database-url=postgres://u@db/inv",
         ])
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_config()
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.http_addr.port(), 9000);
         assert_eq!(c.reservation_ttl, Duration::from_secs(60));
         assert_eq!(c.expiry_sweep_interval, Duration::from_secs(2));
         assert_eq!(c.database_url, "postgres://u@db/inv");
-        for (k, v) in [
-            ("WARREN_HTTP_ADDR", "nowhere"),
-            ("WARREN_RESERVATION_TTL_SECONDS", "0"),
-            ("WARREN_EXPIRY_SWEEP_INTERVAL_SECONDS", "-1"),
-            ("WARREN_DATABASE_MAX_CONNECTIONS", "many"),
+        for (flag, name) in [
+            ("--http-addr=nowhere", "--http-addr"),
+            ("--reservation-ttl-seconds=0", "--reservation-ttl-seconds"),
+            (
+                "--expiry-sweep-interval-seconds=-1",
+                "--expiry-sweep-interval-seconds",
+            ),
+            (
+                "--database-max-connections=many",
+                "--database-max-connections",
+            ),
         ] {
-            let err = from(&[(k, v)]).unwrap_err().to_string();
-            assert!(err.contains(k), "{err}");
+            let err = parse(&[flag]).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        let help = parse(&["--help"]).map(|_| ()).unwrap_err().to_string();
+        for variable in ["WARREN_RESERVATION_TTL_SECONDS", "WARREN_CONSUMER_LANES"] {
+            assert!(help.contains(variable), "--help names {variable}: {help}");
         }
     }
 }

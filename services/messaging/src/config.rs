@@ -4,12 +4,11 @@
 //! workers, the tests and the scripts. Credentials may sit in these URLs; never log them whole:
 //! use [`redact`].
 
-use std::str::FromStr;
 use std::time::Duration;
 
+use crate::Result;
 use crate::consumer::DEFAULT_PROCESSED_RETENTION;
 use crate::database::ConnectionBudget;
-use crate::{Error, Result};
 
 /// Default AMQP URL: the local broker's default vhost.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -78,36 +77,56 @@ impl Default for WorkerSettings {
     }
 }
 
-impl WorkerSettings {
-    /// Reads the variables above (`lookup` stands in for the environment), with defaults for
-    /// those unset; a value that is not a positive whole number, or a budget the lanes do not
-    /// fit in, is an error naming the variable.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<WorkerSettings> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let mut settings = WorkerSettings::default();
-        if let Some(text) = get("WARREN_DATABASE_MAX_CONNECTIONS") {
-            settings.database.total = positive("WARREN_DATABASE_MAX_CONNECTIONS", &text)?;
-        }
-        if let Some(text) = get("WARREN_CONSUMER_LANES") {
-            settings.database.consumer_lanes = positive("WARREN_CONSUMER_LANES", &text)?;
-        }
-        if let Some(text) = get("WARREN_PROCESSED_RETENTION_SECONDS") {
-            settings.processed_retention =
-                Duration::from_secs(positive("WARREN_PROCESSED_RETENTION_SECONDS", &text)?);
-        }
+/// The command-line options (each also read from its `WARREN_*` variable) behind
+/// [`WorkerSettings`]; both workers flatten them into their own options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Every database connection one replica opens: one per consumer lane, one for the outbox
+    /// listener, the rest pooled (at least 2).
+    #[arg(long, env = "WARREN_DATABASE_MAX_CONNECTIONS", default_value_t = crate::database::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: u32,
+    /// Parallel consumer lanes, a database connection each.
+    #[arg(long, env = "WARREN_CONSUMER_LANES", default_value_t = crate::database::DEFAULT_CONSUMER_LANES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub consumer_lanes: u32,
+    /// How long applied event ids are kept to recognise a redelivery, in seconds.
+    #[arg(long, env = "WARREN_PROCESSED_RETENTION_SECONDS", default_value_t = DEFAULT_PROCESSED_RETENTION.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub processed_retention_seconds: u64,
+}
+
+impl WorkerArgs {
+    /// The settings, once the lanes are checked to fit in the connection budget.
+    pub fn settings(&self) -> Result<WorkerSettings> {
+        let settings = WorkerSettings {
+            database: ConnectionBudget {
+                total: self.database_max_connections,
+                consumer_lanes: self.consumer_lanes as usize,
+            },
+            processed_retention: Duration::from_secs(self.processed_retention_seconds),
+        };
         settings.database.pool_size()?;
         Ok(settings)
     }
 }
 
-/// `text` as a whole number above zero, or an error naming variable `name`.
-pub fn positive<T: FromStr + Default + PartialOrd>(name: &str, text: &str) -> Result<T> {
-    text.trim()
-        .parse::<T>()
-        .ok()
-        .filter(|n| *n > T::default())
-        .ok_or_else(|| Error::Config(format!("{name} `{text}` is not a positive whole number")))
+/// The AMQP credentials a worker reads from the environment only (never from a flag, so they
+/// never show in a process list): `WARREN_AMQP_USERNAME` and `WARREN_AMQP_PASSWORD`, which
+/// replace the user info of `amqp_url` (see [`amqp_url_from`]).
+pub fn amqp_url_with_env_credentials(amqp_url: &str) -> String {
+    amqp_url_from(|name| match name {
+        "WARREN_AMQP_URL" => Some(amqp_url.to_owned()),
+        other => std::env::var(other).ok(),
+    })
 }
+
+/// Help text naming the variables read from the environment only.
+pub const ENV_ONLY_HELP: &str = "\
+Environment only (never a flag):
+  WARREN_AMQP_USERNAME / WARREN_AMQP_PASSWORD   replace the user info of --amqp-url
+  WARREN_LOG_FORMAT=text                        human-readable logs instead of JSON
+  RUST_LOG                                      log filter (default info)";
 
 /// `amqp_url` with `username` and `password` (percent-encoded) as its user info. A URL that
 /// does not parse is returned as it is: connecting to it fails and says why.
@@ -196,38 +215,41 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    fn parse(flags: &[&str]) -> std::result::Result<Result<WorkerSettings>, clap::Error> {
+        use clap::Parser as _;
+        let args = std::iter::once("worker").chain(flags.iter().copied());
+        Cli::try_parse_from(args).map(|cli| cli.worker.settings())
+    }
+
     #[test]
     fn worker_settings_are_read_and_checked() {
-        let read = |pairs: Vec<(&str, &str)>| {
-            WorkerSettings::from_lookup(move |name| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            })
-        };
-        assert_eq!(read(vec![]).ok(), Some(WorkerSettings::default()));
-        let settings = read(vec![
-            ("WARREN_DATABASE_MAX_CONNECTIONS", "20"),
-            ("WARREN_CONSUMER_LANES", "8"),
-            ("WARREN_PROCESSED_RETENTION_SECONDS", "3600"),
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
+        let settings = parse(&[
+            "--database-max-connections=20",
+            "--consumer-lanes=8",
+            "--processed-retention-seconds=3600",
+        ]);
+        let settings = settings
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(settings.database.total, 20);
         assert_eq!(settings.database.consumer_lanes, 8);
         assert_eq!(settings.processed_retention, Duration::from_secs(3600));
-        for (name, value) in [
-            ("WARREN_DATABASE_MAX_CONNECTIONS", "many"),
-            ("WARREN_DATABASE_MAX_CONNECTIONS", "3"),
-            ("WARREN_CONSUMER_LANES", "0"),
-            ("WARREN_PROCESSED_RETENTION_SECONDS", "-5"),
+        for bad in [
+            "--database-max-connections=many",
+            "--consumer-lanes=0",
+            "--processed-retention-seconds=-5",
         ] {
-            let err = read(vec![(name, value)])
-                .map(|_| ())
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(name), "{name}={value}: {err}");
+            assert!(parse(&[bad]).is_err(), "{bad}");
         }
+        let too_small = parse(&["--database-max-connections=3"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = too_small.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("WARREN_DATABASE_MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

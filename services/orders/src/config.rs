@@ -1,6 +1,7 @@
-//! The orders worker's settings, read from `WARREN_*` environment variables.
+//! The orders worker's settings: [`Args`], the binary's options, each also read from its
+//! `WARREN_*` variable (clap's `env`, so `orders --help` lists them all).
 //!
-//! Tests build a [`Config`] by hand; `from_env` is for the binary. URLs may hold credentials and
+//! Tests build a [`Config`] by hand; [`Args`] is for the binary. URLs may hold credentials and
 //! are only ever logged through `warren_messaging::config::redact`.
 
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use warren_messaging::config::WorkerSettings;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Default database of the orders worker.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warren_orders";
@@ -60,81 +61,109 @@ impl Config {
             worker: WorkerSettings::default(),
         }
     }
+}
 
-    /// Reads `WARREN_AMQP_URL` (with `WARREN_AMQP_USERNAME` / `WARREN_AMQP_PASSWORD`),
-    /// `WARREN_DATABASE_URL`, `WARREN_HTTP_ADDR`, `WARREN_INVENTORY_URL`,
-    /// `WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS` and the [`WorkerSettings`].
-    pub fn from_env() -> Result<Config> {
-        Config::from_lookup(|name| std::env::var(name).ok())
-    }
+/// The `orders` binary's options; each is also read from its `WARREN_*` variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "orders", version, about = "Warren's orders worker (ADR-029)",
+          after_help = warren_messaging::config::ENV_ONLY_HELP)]
+pub struct Args {
+    /// RabbitMQ; its vhost must hold manifests/topology.
+    #[arg(long, env = "WARREN_AMQP_URL", default_value = warren_messaging::config::DEFAULT_AMQP_URL,
+          hide_env_values = true)]
+    pub amqp_url: String,
+    /// This worker's own database, created if missing.
+    #[arg(long, env = "WARREN_DATABASE_URL", default_value = DEFAULT_DATABASE_URL,
+          hide_env_values = true)]
+    pub database_url: String,
+    /// Where the HTTP API listens (port 0 picks a free port).
+    #[arg(long, env = "WARREN_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// Base URL of the inventory worker's API.
+    #[arg(long, env = "WARREN_INVENTORY_URL", default_value = DEFAULT_INVENTORY_URL,
+          value_parser = parse_http_url)]
+    pub inventory_url: String,
+    /// Seconds between two looks for pending orders to re-drive.
+    #[arg(long, env = "WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reservation_redrive_interval_seconds: u64,
+    /// The connection budget and processed-id retention.
+    #[command(flatten)]
+    pub worker: warren_messaging::config::WorkerArgs,
+}
 
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let mut config = Config::local();
-        if get("WARREN_AMQP_URL").is_some() || get("WARREN_AMQP_USERNAME").is_some() {
-            config.amqp_url = warren_messaging::config::amqp_url_from(&lookup);
-        }
-        if let Some(url) = get("WARREN_DATABASE_URL") {
-            config.database_url = url;
-        }
-        if let Some(addr) = get("WARREN_HTTP_ADDR") {
-            config.http_addr = addr.trim().parse().map_err(|e| {
-                Error::Config(format!("WARREN_HTTP_ADDR `{addr}` is not host:port: {e}"))
-            })?;
-        }
-        if let Some(url) = get("WARREN_INVENTORY_URL") {
-            reqwest::Url::parse(&url).map_err(|e| {
-                Error::Config(format!(
-                    "WARREN_INVENTORY_URL `{}` is not a URL: {e}",
-                    warren_messaging::config::redact(&url)
-                ))
-            })?;
-            config.inventory_url = url;
-        }
-        config.worker = WorkerSettings::from_lookup(&lookup)?;
-        if let Some(secs) = get("WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS") {
-            let n: u64 = secs.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::Config(format!(
-                    "WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS `{secs}` is not a positive number of seconds"
-                ))
-            })?;
-            config.redrive_interval = Duration::from_secs(n);
-        }
-        Ok(config)
+fn parse_http_url(text: &str) -> std::result::Result<String, String> {
+    reqwest::Url::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("not a URL: {e}"))
+}
+
+impl Args {
+    /// The configuration these options describe, with the AMQP credentials of the
+    /// environment.
+    pub fn into_config(self) -> Result<Config> {
+        Ok(Config {
+            amqp_url: warren_messaging::config::amqp_url_with_env_credentials(&self.amqp_url),
+            database_url: self.database_url,
+            http_addr: self.http_addr,
+            inventory_url: self.inventory_url,
+            redrive_interval: Duration::from_secs(self.reservation_redrive_interval_seconds),
+            worker: self.worker.settings()?,
+            ..Config::local()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    fn parse(flags: &[&str]) -> std::result::Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("orders").chain(flags.iter().copied()))
+    }
 
     #[test]
     fn defaults_and_overrides() {
-        let c = Config::from_lookup(|_| None).unwrap();
+        let c = parse(&[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(c.inventory_url, DEFAULT_INVENTORY_URL);
-        let c = Config::from_lookup(|k| match k {
-            "WARREN_HTTP_ADDR" => Some("0.0.0.0:9000".into()),
-            "WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS" => Some("2".into()),
-            _ => None,
-        })
-        .unwrap();
+        let c = parse(&[
+            "--http-addr=0.0.0.0:9000",
+            "--reservation-redrive-interval-seconds=2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_config()
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.http_addr.port(), 9000);
         assert_eq!(c.redrive_interval, Duration::from_secs(2));
     }
 
     #[test]
-    fn bad_values_name_the_variable() {
-        let err = Config::from_lookup(|k| (k == "WARREN_HTTP_ADDR").then(|| "nope".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("WARREN_HTTP_ADDR"), "{err}");
-        let err = Config::from_lookup(|k| {
-            (k == "WARREN_RESERVATION_REDRIVE_INTERVAL_SECONDS").then(|| "0".into())
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("REDRIVE"), "{err}");
+    fn bad_values_name_the_option_and_its_variable() {
+        for (flag, name) in [
+            ("--http-addr=nope", "--http-addr"),
+            (
+                "--reservation-redrive-interval-seconds=0",
+                "--reservation-redrive-interval-seconds",
+            ),
+            ("--inventory-url=not a url", "--inventory-url"),
+        ] {
+            let err = parse(&[flag]).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        let help = parse(&["--help"]).map(|_| ()).unwrap_err().to_string();
+        for variable in [
+            "WARREN_AMQP_URL",
+            "WARREN_DATABASE_URL",
+            "WARREN_DATABASE_MAX_CONNECTIONS",
+            "WARREN_AMQP_PASSWORD",
+        ] {
+            assert!(help.contains(variable), "--help names {variable}: {help}");
+        }
     }
 }

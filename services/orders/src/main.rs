@@ -1,15 +1,19 @@
-//! The `orders` binary: JSON logs (`WARREN_LOG_FORMAT=text` for humans), configuration from the
-//! environment, the worker until SIGTERM or Ctrl-C, then a graceful shutdown.
+//! The `orders` binary: JSON logs (`WARREN_LOG_FORMAT=text` for humans), options from the
+//! command line or the environment (`orders --help`), the worker until SIGTERM or Ctrl-C, then a graceful shutdown.
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
 use warren_messaging::process::{init_logging, shutdown_signal};
-use warren_orders::{Config, start};
+use warren_orders::config::Args;
+use warren_orders::start;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--help` and a malformed option end here, before any log line.
+    let args = Args::parse();
     init_logging();
-    let config = match Config::from_env() {
+    let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");
