@@ -18,13 +18,13 @@ use sqlx::{ConnectOptions, Executor, PgConnection, PgPool};
 use warren_messaging::config::{self, WorkerSettings};
 use warren_messaging::database::ConnectionBudget;
 
-/// The settings of a worker under test: 5 database connections (2 consumer lanes, the
-/// listener, a pool of 2), so that the many tests running at once stay far below the server's
+/// The settings of a worker under test: 6 database connections (2 consumer lanes, the relay
+/// leader's, a pool of 3), so that the many tests running at once stay far below the server's
 /// `max_connections`.
 pub fn test_worker_settings() -> WorkerSettings {
     WorkerSettings {
         database: ConnectionBudget {
-            total: 5,
+            total: 6,
             consumer_lanes: 2,
         },
         ..WorkerSettings::default()

@@ -428,8 +428,32 @@ async fn every_error_answer_is_json_and_a_database_outage_is_a_quick_503() {
     .await;
     assert_eq!(status, 413);
 
-    // While PostgreSQL refuses connections: 503 with Retry-After, then service again.
+    // Every pooled connection busy: a 503 with Retry-After once the acquire timeout passes, not
+    // a request that hangs.
     let product = b.product("Figs", 5, 1).await;
+    let pool = b.service.pool();
+    let mut held = Vec::new();
+    while let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await
+    {
+        held.push(conn);
+    }
+    assert_eq!(
+        pool.size(),
+        pool.options().get_max_connections(),
+        "the pool is exhausted"
+    );
+    let (status, headers, body) = answer(
+        raw(reqwest::Method::GET, &format!("/products/{product}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    drop(held);
+
+    // While PostgreSQL refuses connections: 503 with Retry-After, then service again.
     b.db.refuse_connections().await;
     let (status, headers, body) = answer(
         raw(reqwest::Method::GET, &format!("/products/{product}"))
@@ -887,7 +911,7 @@ async fn stock_depleted_is_emitted_once_per_crossing_of_the_threshold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_reservations_of_the_last_ten_units_never_oversell() {
-    // A pool of 10 for 50 requests at once.
+    // A pool of 10 (the relay's LISTEN holds one) for 50 requests at once.
     let b = Bench::start("inv-race", |c| c.worker.database.total = 13).await;
     let product = b.product("Last units", 10, 0).await;
     let requests = (0..50).map(|_| {

@@ -139,17 +139,17 @@ async fn every_crd_is_established_and_cel_refuses_changes_to_immutable_fields() 
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 422, "{}", status.message);
             assert!(
-                status.message.contains("at least consumerLanes + 3"),
+                status.message.contains("at least consumerLanes + 4"),
                 "{}",
                 status.message
             );
         }
         other => panic!("a budget without room for the default 4 lanes was accepted: {other:?}"),
     }
-    worker["settings"] = json!({"databaseMaxConnections": 5, "consumerLanes": 2});
+    worker["settings"] = json!({"databaseMaxConnections": 6, "consumerLanes": 2});
     f.create(&resource("Worker", "tight", worker))
         .await
-        .unwrap_or_else(|e| panic!("5 connections for 2 lanes: {e}"));
+        .unwrap_or_else(|e| panic!("6 connections for 2 lanes: {e}"));
 }
 
 #[tokio::test]

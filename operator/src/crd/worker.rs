@@ -166,16 +166,17 @@ fn url_key() -> String {
 
 /// Settings the workers read from `WARREN_*` variables, typed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
-#[x_kube(validation = kube::core::Rule::new("(has(self.databaseMaxConnections) ? self.databaseMaxConnections : 10) >= (has(self.consumerLanes) ? self.consumerLanes : 4) + 3")
-    .message(kube::core::Message::Message("settings.databaseMaxConnections must be at least consumerLanes + 3 (a connection per consumer lane, one for the outbox listener, a pool of at least 2); defaults: 10 and 4".into()))
+#[x_kube(validation = kube::core::Rule::new("(has(self.databaseMaxConnections) ? self.databaseMaxConnections : 10) >= (has(self.consumerLanes) ? self.consumerLanes : 4) + 4")
+    .message(kube::core::Message::Message("settings.databaseMaxConnections must be at least consumerLanes + 4 (a connection per consumer lane, one for the leading outbox relay, a pool of at least 3); defaults: 10 and 4".into()))
     .field_path(".databaseMaxConnections"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSettings {
     /// Every database connection one replica opens (`WARREN_DATABASE_MAX_CONNECTIONS`,
-    /// default 10): one per consumer lane, one for the outbox listener, the rest pooled (at
-    /// least 2). Size PostgreSQL's `max_connections` for replicas × this.
+    /// default 10): one per consumer lane, one for the leading outbox relay, the rest pooled (at
+    /// least 3, the relay's LISTEN among them). Size PostgreSQL's `max_connections` for
+    /// replicas × this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 4, max = 1000))]
+    #[schemars(range(min = 5, max = 1000))]
     pub database_max_connections: Option<i32>,
     /// Parallel consumer lanes, one database connection each (`WARREN_CONSUMER_LANES`,
     /// default 4).

@@ -81,8 +81,8 @@ impl Default for WorkerSettings {
 /// [`WorkerSettings`]; both workers flatten them into their own options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// Every database connection one replica opens: one per consumer lane, one for the outbox
-    /// listener, the rest pooled (at least 2).
+    /// Every database connection one replica opens: one per consumer lane, one for the leading
+    /// outbox relay, the rest pooled (at least 3, the relay's LISTEN among them).
     #[arg(long, env = "WARREN_DATABASE_MAX_CONNECTIONS", default_value_t = crate::database::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: u32,
@@ -247,7 +247,7 @@ mod tests {
         ] {
             assert!(parse(&[bad]).is_err(), "{bad}");
         }
-        let too_small = parse(&["--database-max-connections=3"]).unwrap_or_else(|e| panic!("{e}"));
+        let too_small = parse(&["--database-max-connections=7"]).unwrap_or_else(|e| panic!("{e}"));
         let err = too_small.map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("WARREN_DATABASE_MAX_CONNECTIONS"), "{err}");
     }

@@ -3,8 +3,9 @@
 //!
 //! `WARREN_DATABASE_MAX_CONNECTIONS` is every connection one replica opens, so a platform team
 //! sizes `max_connections` as replicas × budget (plus its own tools): each consumer lane holds
-//! one connection of its own, the outbox relay's `LISTEN` one more, and the pool (HTTP
-//! requests, the relay's publishing, housekeeping, background work) gets the rest.
+//! one connection of its own, the leading outbox relay one more (its advisory lock lives on it),
+//! and the pool gets the rest: the relay's `LISTEN` holds one of those for good, and HTTP
+//! requests, housekeeping and background work share the others.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,10 +16,10 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use crate::config::redact;
 use crate::{Error, Result};
 
-/// The connection the outbox relay listens on (`LISTEN outbox`), outside the pool.
-pub const LISTENER_CONNECTIONS: u32 = 1;
-/// The smallest pool a worker runs with: the relay's publishing and one request at a time.
-pub const MIN_POOL_CONNECTIONS: u32 = 2;
+/// The connection the leading outbox relay holds its lock and publishes on, outside the pool.
+pub const RELAY_CONNECTIONS: u32 = 1;
+/// The smallest pool a worker runs with: the relay's `LISTEN` and two for everything else.
+pub const MIN_POOL_CONNECTIONS: u32 = 3;
 /// Default budget of one replica.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// Default consumer lanes (each a connection of the budget).
@@ -46,11 +47,11 @@ impl Default for ConnectionBudget {
 }
 
 impl ConnectionBudget {
-    /// The pool's size: what the lanes and the listener leave, or an error saying what to
-    /// change when that is less than [`MIN_POOL_CONNECTIONS`].
+    /// The pool's size: what the lanes and the relay leave, or an error saying what to change
+    /// when that is less than [`MIN_POOL_CONNECTIONS`].
     pub fn pool_size(&self) -> Result<u32> {
         let lanes = u32::try_from(self.consumer_lanes).unwrap_or(u32::MAX);
-        let outside = lanes.saturating_add(LISTENER_CONNECTIONS);
+        let outside = lanes.saturating_add(RELAY_CONNECTIONS);
         let needed = outside.saturating_add(MIN_POOL_CONNECTIONS);
         if self.consumer_lanes == 0 {
             return Err(Error::Config(
@@ -60,7 +61,7 @@ impl ConnectionBudget {
         if self.total < needed {
             return Err(Error::Config(format!(
                 "WARREN_DATABASE_MAX_CONNECTIONS is {total}, but {lanes} consumer lanes and the \
-                 outbox listener hold {outside} connections and the pool needs at least \
+                 leading outbox relay hold {outside} connections and the pool needs at least \
                  {MIN_POOL_CONNECTIONS}: raise it to {needed} or more, or lower \
                  WARREN_CONSUMER_LANES",
                 total = self.total,
@@ -95,7 +96,7 @@ pub async fn connect(url: &str, budget: ConnectionBudget) -> Result<PgPool> {
         database = %name,
         pool = pool_size,
         consumer_lanes = budget.consumer_lanes,
-        listener = LISTENER_CONNECTIONS,
+        relay = RELAY_CONNECTIONS,
         "database connection budget"
     );
     Ok(PgPoolOptions::new()
@@ -139,26 +140,26 @@ mod tests {
     fn the_pool_gets_what_the_lanes_and_the_listener_leave() {
         assert_eq!(ConnectionBudget::default().pool_size().ok(), Some(5));
         let tight = ConnectionBudget {
-            total: 5,
+            total: 6,
             consumer_lanes: 2,
         };
-        assert_eq!(tight.pool_size().ok(), Some(2));
+        assert_eq!(tight.pool_size().ok(), Some(3));
     }
 
     #[test]
     fn a_budget_too_small_says_what_to_change() {
         let err = ConnectionBudget {
-            total: 6,
+            total: 7,
             consumer_lanes: 4,
         }
         .pool_size()
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("WARREN_DATABASE_MAX_CONNECTIONS is 6"),
+            err.contains("WARREN_DATABASE_MAX_CONNECTIONS is 7"),
             "{err}"
         );
-        assert!(err.contains("raise it to 7"), "{err}");
+        assert!(err.contains("raise it to 8"), "{err}");
         assert!(err.contains("WARREN_CONSUMER_LANES"), "{err}");
         let none = ConnectionBudget {
             total: 10,
