@@ -32,6 +32,6 @@ awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $
 # The fault suite stops the shared RabbitMQ, so it runs alone, after the others: both workers as
 # processes under load through kill -9, forced connection closes, a RabbitMQ stop and a
 # PostgreSQL outage, then every invariant (tests/tests/faults.rs).
-cargo build -p warren-orders -p warren-inventory
+# (`cargo test --workspace` above built the worker binaries it runs: their own tests use them.)
 cargo test -p warren-tests --test faults -- --ignored --nocapture
 scripts/node-e2e.sh

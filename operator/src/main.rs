@@ -141,6 +141,10 @@ struct Files {
     /// Management API to use for every Broker instead of its spec.managementUrl.
     #[arg(long, env = "WARREN_MANAGEMENT_URL")]
     management_url: Option<String>,
+    /// Management API calls in flight at once while changing RabbitMQ.
+    #[arg(long, default_value_t = cli::DEFAULT_CONCURRENCY as u16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
 }
 
 #[derive(Args)]
@@ -197,6 +201,7 @@ fn options(args: &Files, prune: bool) -> Result<ApplyOptions, warren_operator::E
     let mut options = ApplyOptions::from_env()?;
     options.prune = prune;
     options.vhost.clone_from(&args.vhost);
+    options.concurrency = usize::from(args.concurrency);
     if args.management_url.is_some() {
         options.management_url.clone_from(&args.management_url);
     }

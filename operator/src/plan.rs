@@ -130,7 +130,7 @@ impl Action {
 
     /// Order of execution: declarations from exchanges to policies (bindings need both ends),
     /// then deletions from bindings to exchanges (nothing is deleted while still bound).
-    fn phase(&self) -> u8 {
+    pub fn phase(&self) -> u8 {
         let declared = |object: &Object| match object {
             Object::Exchange(_) => 0,
             Object::Queue(_) => 1,

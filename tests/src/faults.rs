@@ -54,7 +54,7 @@ pub fn binary(kind: Kind) -> PathBuf {
     let path = dir.join(kind.binary());
     assert!(
         path.exists(),
-        "{} is missing: build the workers first (cargo build -p warren-orders -p warren-inventory)",
+        "{} is missing: build the workers first (cargo test --workspace does; or cargo build -p warren-orders -p warren-inventory)",
         path.display()
     );
     path

@@ -10,6 +10,7 @@ pub mod faults;
 pub mod harness;
 pub mod operator;
 pub mod support;
+pub mod topology_bench;
 
 pub use support::{
     Management, TestDatabase, TestVhost, apply_topology, eventually, management,

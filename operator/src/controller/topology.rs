@@ -588,8 +588,9 @@ fn describe<K: Resource<DynamicType = ()>>(object: &K) -> String {
 }
 
 /// Reads back the one RabbitMQ object a resource stands for (the planner's `Observed`, narrowed
-/// to that object instead of whole vhosts). Bindings are read for their source exchange, so a
-/// declared-but-different binding is still seen. A missing vhost is [`Error::VhostMissing`].
+/// to that object instead of whole vhosts). Bindings are read between their two ends, so a
+/// declared-but-different binding (another key or arguments) is still seen, and the read does
+/// not grow with the vhost's other bindings. A missing vhost is [`Error::VhostMissing`].
 pub async fn observe_one(
     api: &dyn ManagementApi,
     broker: &str,
@@ -609,10 +610,8 @@ pub async fn observe_one(
             .extend(api.get_exchange(vhost, &e.name).await?),
         Object::Queue(q) => observed.queues.extend(api.get_queue(vhost, &q.name).await?),
         Object::Binding(b) => observed.bindings.extend(
-            api.list_bindings(vhost)
-                .await?
-                .into_iter()
-                .filter(|have| have.definition.source == b.source),
+            api.list_bindings_between(vhost, &b.source, b.destination_type, &b.destination)
+                .await?,
         ),
         Object::Policy(p) => observed
             .policies

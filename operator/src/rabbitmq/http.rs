@@ -70,6 +70,8 @@ pub struct HttpManagementApi {
     client: reqwest::Client,
     base_url: String,
     credentials: Credentials,
+    /// Calls made, for reports and benchmarks (shared by clones).
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for HttpManagementApi {
@@ -126,12 +128,18 @@ impl HttpManagementApi {
             client,
             base_url,
             credentials: connection.credentials.clone(),
+            calls: Default::default(),
         })
     }
 
     /// The management URL this client talks to.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// Management API calls made through this client so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads up to `count` messages from the head of a queue and puts them back
@@ -176,6 +184,8 @@ impl HttpManagementApi {
         body: Option<&Value>,
     ) -> Result<reqwest::Response> {
         let url = format!("{}/api/{path}", self.base_url);
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut request = self
             .client
             .request(method.clone(), &url)
@@ -514,24 +524,43 @@ impl ManagementApi for HttpManagementApi {
 
     async fn list_bindings(&self, vhost: &str) -> Result<Vec<BindingState>> {
         let wire: Vec<WireBinding> = self.list(&format!("bindings/{}", enc(vhost))).await?;
-        Ok(wire
-            .into_iter()
-            .map(|b| BindingState {
-                definition: BindingDef {
-                    vhost: b.vhost,
-                    source: b.source,
-                    destination: b.destination,
-                    destination_type: if b.destination_type == "exchange" {
-                        DestinationType::Exchange
-                    } else {
-                        DestinationType::Queue
-                    },
-                    routing_key: b.routing_key,
-                    arguments: b.arguments,
-                },
-                properties_key: b.properties_key,
-            })
-            .collect())
+        Ok(binding_states(wire))
+    }
+
+    async fn list_bindings_between(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination_type: DestinationType,
+        destination: &str,
+    ) -> Result<Vec<BindingState>> {
+        if source.is_empty() {
+            // The default exchange has no name to put in a path; nobody declares bindings on it.
+            let all = self.list_bindings(vhost).await?;
+            return Ok(all
+                .into_iter()
+                .filter(|b| {
+                    b.definition.source.is_empty()
+                        && b.definition.destination_type == destination_type
+                        && b.definition.destination == destination
+                })
+                .collect());
+        }
+        let path = format!(
+            "bindings/{}/e/{}/{}/{}",
+            enc(vhost),
+            enc(source),
+            destination_type.path_segment(),
+            enc(destination)
+        );
+        // 404: an end (or the vhost) is missing, so no binding between them exists.
+        let wire: Option<Vec<Value>> = self.get(&path).await?;
+        let wire: Vec<WireBinding> =
+            listed_entries(wire.unwrap_or_default()).map_err(|source| Error::InvalidResponse {
+                path: format!("/api/{path}"),
+                source,
+            })?;
+        Ok(binding_states(wire))
     }
 
     async fn put_binding(&self, binding: &BindingDef) -> Result<()> {
@@ -602,6 +631,27 @@ impl HttpManagementApi {
             reason: "Not Found".to_owned(),
         })
     }
+}
+
+/// RabbitMQ's binding entries as Warren's model.
+fn binding_states(wire: Vec<WireBinding>) -> Vec<BindingState> {
+    wire.into_iter()
+        .map(|b| BindingState {
+            definition: BindingDef {
+                vhost: b.vhost,
+                source: b.source,
+                destination: b.destination,
+                destination_type: if b.destination_type == "exchange" {
+                    DestinationType::Exchange
+                } else {
+                    DestinationType::Queue
+                },
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            },
+            properties_key: b.properties_key,
+        })
+        .collect()
 }
 
 /// The entries of a listing, without those RabbitMQ shows as an empty list, `[]`, instead of an

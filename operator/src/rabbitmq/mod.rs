@@ -55,6 +55,28 @@ pub trait ManagementApi: Send + Sync {
 
     /// Every binding of the vhost, including the default exchange's implicit ones.
     async fn list_bindings(&self, vhost: &str) -> Result<Vec<BindingState>>;
+    /// The bindings from `source` to `destination`, whatever their keys and arguments: what one
+    /// Binding resource reads back. Empty when either end is missing. By default a filter of
+    /// [`ManagementApi::list_bindings`]; the HTTP client asks RabbitMQ for exactly these, so
+    /// one resource's read-back does not grow with the vhost's bindings.
+    async fn list_bindings_between(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination_type: crate::crd::DestinationType,
+        destination: &str,
+    ) -> Result<Vec<BindingState>> {
+        Ok(self
+            .list_bindings(vhost)
+            .await?
+            .into_iter()
+            .filter(|b| {
+                b.definition.source == source
+                    && b.definition.destination_type == destination_type
+                    && b.definition.destination == destination
+            })
+            .collect())
+    }
     /// Declares the binding (a repeated declaration creates no duplicate).
     async fn put_binding(&self, binding: &BindingDef) -> Result<()>;
     /// Deletes the binding identified by its properties key.

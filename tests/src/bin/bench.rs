@@ -1,6 +1,8 @@
 //! Warren's messaging benchmarks: a raw-lapin baseline and Warren side by side, in one run.
 //!
 //! `cargo run --release -p warren-tests --bin bench -- [relay|consume|latency|all] [--messages N]`
+//! and `-- converge [N]` / `-- resync [N]` for the topology (N queues and N bindings, see
+//! `warren_tests::topology_bench`).
 //! Each scenario ends with one JSON line, e.g.
 //! `{"scenario":"relay","baseline":20000.0,"warren":17000.0,"unit":"msg/s","ratio":0.85}`.
 //! Every scenario gets its own vhost (ADR topology) and database, removed afterwards.
@@ -782,9 +784,17 @@ async fn main() -> Result<()> {
         .context("--seconds takes a number")?
         .unwrap_or(20);
     let run = |name: &str| scenario == "all" || scenario == name;
-    if !["all", "relay", "consume", "latency"].contains(&scenario) {
-        bail!("unknown scenario {scenario}: use relay, consume, latency or all");
+    if !["all", "relay", "consume", "latency", "converge", "resync"].contains(&scenario) {
+        bail!("unknown scenario {scenario}: use relay, consume, latency, converge, resync or all");
     }
+    // `converge N` / `resync N`: N queues and N bindings (10,000 by default).
+    let objects = args
+        .get(1)
+        .filter(|n| !n.starts_with("--"))
+        .map(|n| n.parse::<usize>())
+        .transpose()
+        .context("converge and resync take a number of queues")?
+        .unwrap_or(10_000);
     if run("relay") {
         println!("{}", scenario_relay(messages).await?);
     }
@@ -802,6 +812,15 @@ async fn main() -> Result<()> {
         .max(1);
     if run("latency") {
         println!("{}", scenario_latency(rate, seconds).await?);
+    }
+    if run("converge") {
+        println!("{}", warren_tests::topology_bench::converge(objects).await?);
+    }
+    if run("resync") {
+        println!(
+            "{}",
+            warren_tests::topology_bench::resync(objects, 200).await?
+        );
     }
     Ok(())
 }
