@@ -137,14 +137,28 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Most documents one file may hold: a generated topology of 10,000 queues and their bindings
+/// sits in one file (the YAML parser's own default stops at 1,024).
+pub const MAX_DOCUMENTS_PER_FILE: usize = 100_000;
+
 /// Parses one file's documents into `loaded`.
 pub fn parse_documents(file: &Path, text: &str, loaded: &mut Loaded) -> Result<()> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Error::Manifest {
-        file: file.to_owned(),
-        resource: "(file)".to_owned(),
-        field: "(yaml)".to_owned(),
-        message: e.to_string(),
-    })?;
+    // The parser's budgets stop inputs that amplify (anchors, deep nesting); documents and
+    // nodes are raised to what a large topology needs, about twenty nodes per resource.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: MAX_DOCUMENTS_PER_FILE,
+            max_nodes: MAX_DOCUMENTS_PER_FILE * 50,
+            max_events: MAX_DOCUMENTS_PER_FILE * 100,
+        },
+    };
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| Error::Manifest {
+            file: file.to_owned(),
+            resource: "(file)".to_owned(),
+            field: "(yaml)".to_owned(),
+            message: e.to_string(),
+        })?;
     for (index, document) in documents.into_iter().enumerate() {
         if document.is_null() {
             continue;
@@ -332,6 +346,15 @@ mod tests {
             loaded.skipped,
             ["topology.yaml: Secret/rabbitmq-credentials"]
         );
+    }
+
+    #[test]
+    fn one_file_holds_a_topology_of_twenty_thousand_resources() {
+        let text: Vec<String> = (0..20_000)
+            .map(|i| QUEUE.replace("name: orders\n", &format!("name: orders-{i}\n")))
+            .collect();
+        let loaded = parse(&text.join("---\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.manifests.len(), 20_000);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The pure planning step: desired RabbitMQ objects and what RabbitMQ actually has (read back)
 //! become actions. An existing object with other fixed properties is a Conflict, never destroyed.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::Value;
@@ -335,12 +336,29 @@ fn prunable_binding(binding: &BindingState) -> bool {
 /// queues); a binding whose ends stay but whose key or arguments changed becomes an Update.
 pub fn plan(desired: &Desired, observed: &Observed, prune: bool) -> Plan {
     let mut actions = Vec::new();
+    // Indexes of what RabbitMQ has, so a topology of tens of thousands of objects is compared
+    // in one pass instead of one scan of everything per object.
+    let exchanges: HashMap<(&str, &str), &ExchangeDef> = observed
+        .exchanges
+        .iter()
+        .map(|e| ((e.vhost.as_str(), e.name.as_str()), e))
+        .collect();
+    let queues: HashMap<(&str, &str), &QueueState> = observed
+        .queues
+        .iter()
+        .map(|q| ((q.definition.vhost.as_str(), q.definition.name.as_str()), q))
+        .collect();
+    let mut between: HashMap<(&str, &str, &str), Vec<&BindingState>> = HashMap::new();
+    for b in &observed.bindings {
+        let d = &b.definition;
+        between
+            .entry((d.vhost.as_str(), d.source.as_str(), d.destination.as_str()))
+            .or_default()
+            .push(b);
+    }
 
     for want in &desired.exchanges {
-        let have = observed
-            .exchanges
-            .iter()
-            .find(|e| e.vhost == want.vhost && e.name == want.name);
+        let have = exchanges.get(&(want.vhost.as_str(), want.name.as_str()));
         actions.push(match have {
             None => Action::Create(Object::Exchange(want.clone())),
             Some(have) => {
@@ -361,10 +379,7 @@ pub fn plan(desired: &Desired, observed: &Observed, prune: bool) -> Plan {
     }
 
     for want in &desired.queues {
-        let have = observed
-            .queues
-            .iter()
-            .find(|q| q.definition.vhost == want.vhost && q.definition.name == want.name);
+        let have = queues.get(&(want.vhost.as_str(), want.name.as_str()));
         actions.push(match have {
             None => Action::Create(Object::Queue(want.clone())),
             Some(have) => {
@@ -387,14 +402,22 @@ pub fn plan(desired: &Desired, observed: &Observed, prune: bool) -> Plan {
     let wanted_binding = |b: &BindingState| desired.bindings.contains(&b.definition);
     let mut replaced: Vec<&BindingState> = Vec::new();
     for want in &desired.bindings {
-        if observed.bindings.iter().any(|b| b.definition == *want) {
+        let candidates: &[&BindingState] = between
+            .get(&(
+                want.vhost.as_str(),
+                want.source.as_str(),
+                want.destination.as_str(),
+            ))
+            .map_or(&[], Vec::as_slice);
+        if candidates.iter().any(|b| b.definition == *want) {
             actions.push(Action::Unchanged(Object::Binding(want.clone())));
             continue;
         }
         // Without prune Warren may not delete anything, so it cannot replace either.
-        let stale: Vec<&BindingState> = observed
-            .bindings
+        // (`same_ends` also compares the destination type, which the index does not.)
+        let stale: Vec<&BindingState> = candidates
             .iter()
+            .copied()
             .filter(|b| {
                 prune && prunable_binding(b) && same_ends(&b.definition, want) && !wanted_binding(b)
             })
