@@ -67,9 +67,9 @@ pub struct ApplyOptions {
     pub concurrency: usize,
 }
 
-/// Calls in flight at once by default: a large apply goes several times faster than one call
-/// at a time, and the management API, which handles each call in a process of its own, keeps
-/// up (see `bench converge`).
+/// Calls in flight at once by default: one at a time, a large apply mostly waits on round
+/// trips; eight keep the management API busy without flooding it (`bench converge` compares
+/// `warren apply` with raw PUTs at the same concurrency).
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
 fn env(name: &str) -> Option<String> {

@@ -617,19 +617,7 @@ impl Invariants<'_> {
         let orders = &self.system.orders_db.pool;
 
         // Stock conserved, counters matching the reservations.
-        let broken: Vec<(Uuid, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT p.id, p.available, p.reserved, p.sold, p.total_received FROM products p \
-             WHERE p.available < 0 OR p.reserved < 0 OR p.sold < 0 \
-                OR p.available + p.reserved + p.sold <> p.total_received \
-                OR p.reserved <> COALESCE((SELECT sum(quantity) FROM reservations r \
-                     WHERE r.product_id = p.id AND r.status = 'reserved'), 0) \
-                OR p.sold <> COALESCE((SELECT sum(quantity) FROM reservations r \
-                     WHERE r.product_id = p.id AND r.status = 'confirmed'), 0)",
-        )
-        .fetch_all(inventory)
-        .await
-        .expect("stock check");
-        for (id, available, reserved, sold, total) in broken {
+        for (id, available, reserved, sold, total) in unbalanced_products(inventory).await {
             found.push(format!(
                 "product {id}: available {available} + reserved {reserved} + sold {sold} vs received {total}"
             ));
@@ -723,4 +711,22 @@ impl Invariants<'_> {
         }
         found
     }
+}
+
+/// The products of an inventory database whose counters do not balance: a negative count,
+/// available + reserved + sold other than what was received, or reserved and sold other than
+/// the sums of the reservations (`(id, available, reserved, sold, total received)`).
+pub async fn unbalanced_products(pool: &sqlx::PgPool) -> Vec<(Uuid, i64, i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT p.id, p.available, p.reserved, p.sold, p.total_received FROM products p \
+         WHERE p.available < 0 OR p.reserved < 0 OR p.sold < 0 \
+            OR p.available + p.reserved + p.sold <> p.total_received \
+            OR p.reserved <> COALESCE((SELECT sum(quantity) FROM reservations r \
+                 WHERE r.product_id = p.id AND r.status = 'reserved'), 0) \
+            OR p.sold <> COALESCE((SELECT sum(quantity) FROM reservations r \
+                 WHERE r.product_id = p.id AND r.status = 'confirmed'), 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("stock check")
 }

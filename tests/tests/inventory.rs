@@ -156,18 +156,7 @@ impl Bench {
     /// Panics unless every product balances, nothing is negative, and the counters match the
     /// reservations.
     async fn assert_invariant(&self) {
-        let broken: Vec<(Uuid, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT p.id, p.available, p.reserved, p.sold, p.total_received FROM products p \
-             WHERE p.available < 0 OR p.reserved < 0 OR p.sold < 0 \
-                OR p.available + p.reserved + p.sold <> p.total_received \
-                OR p.reserved <> COALESCE((SELECT sum(quantity) FROM reservations r \
-                     WHERE r.product_id = p.id AND r.status = 'reserved'), 0) \
-                OR p.sold <> COALESCE((SELECT sum(quantity) FROM reservations r \
-                     WHERE r.product_id = p.id AND r.status = 'confirmed'), 0)",
-        )
-        .fetch_all(&self.db.pool)
-        .await
-        .unwrap();
+        let broken = warren_tests::faults::unbalanced_products(&self.db.pool).await;
         assert!(broken.is_empty(), "stock invariant broken: {broken:?}");
     }
 

@@ -1,7 +1,8 @@
 //! `warren dlq`: the dead-letter queue of a consuming queue, for the people on call.
 //!
-//! `list` and `show` read through the management API and put every message back; `purge`
-//! empties the queue through it. `replay` must move messages one by one without ever losing
+//! `list` and `show` read through the management API and put every message back (on a quorum
+//! queue each look counts as a delivery, so a dead-letter queue must have no delivery limit, as
+//! in manifests/topology); `purge` empties the queue through it. `replay` must move messages one by one without ever losing
 //! one, which the management API cannot do (its `get` removes messages before anything is
 //! republished), so it speaks AMQP: it takes a message unacknowledged, republishes it to its
 //! original exchange and routing key with publisher confirms and `mandatory`, and acknowledges
