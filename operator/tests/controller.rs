@@ -160,7 +160,7 @@ async fn apply_declares_the_queue_then_applies_ready_status_and_an_event() {
 
     assert_eq!(
         finish(task).await.ok(),
-        Some(Action::requeue(Settings::default().resync))
+        Some(Action::requeue(Settings::default().in_sync_requeue()))
     );
     api.assert_idle();
     assert_eq!(rabbitmq.writes(), ["PUT queue / orders.inventory_events"]);

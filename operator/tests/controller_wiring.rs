@@ -474,6 +474,8 @@ async fn warren_operator_checks_crds_takes_the_lease_reconciles_and_releases_it(
         resync_seconds: 60,
         cleanup_grace_seconds: 600,
         concurrency: 2,
+        broker_max_in_flight: 8,
+        broker_requests_per_second: 0,
         identity: Some("warren-test".to_owned()),
     };
     let running = Running::start(vec![("brokers", broker()), ("queues", queue())], Some(args));

@@ -120,6 +120,18 @@ impl Fixture {
         identity: &str,
         tweak: impl FnOnce(&mut OperatorArgs),
     ) -> RunningOperator {
+        self.start_operator_through(identity, tweak, Arc::new(HttpConnector::default()))
+            .await
+    }
+
+    /// Like [`Fixture::start_operator_with`], reaching RabbitMQ through `connector` (whose
+    /// call counters the test then reads).
+    pub async fn start_operator_through(
+        &self,
+        identity: &str,
+        tweak: impl FnOnce(&mut OperatorArgs),
+        connector: Arc<HttpConnector>,
+    ) -> RunningOperator {
         let mut args = OperatorArgs {
             namespaces: vec![self.ns.name.clone()],
             port: 0,
@@ -131,6 +143,8 @@ impl Fixture {
             resync_seconds: 60,
             cleanup_grace_seconds: 600,
             concurrency: 4,
+            broker_max_in_flight: 8,
+            broker_requests_per_second: 0,
             identity: Some(identity.to_owned()),
         };
         tweak(&mut args);
@@ -138,7 +152,7 @@ impl Fixture {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
-            async move { serve(client, &args, Arc::new(HttpConnector::default()), shutdown).await }
+            async move { serve(client, &args, connector, shutdown).await }
         });
         RunningOperator {
             shutdown,

@@ -23,9 +23,19 @@ use crate::error_chain;
 use crate::rabbitmq::{ManagementApi, Overview};
 use crate::{Error, Result};
 
-/// The Broker `name` in `namespace`, or [`Error::BrokerNotFound`].
+/// The Broker `name` in `namespace`, or [`Error::BrokerNotFound`]: from the Broker
+/// controllers' cache, else (a Broker created a moment ago, or no controller running) from the
+/// API server.
 pub(super) async fn load(ctx: &Context, namespace: Option<&str>, name: &str) -> Result<Broker> {
     let namespace = namespace.unwrap_or_default();
+    let cached = ctx
+        .stores
+        .all::<Broker>()
+        .into_iter()
+        .find(|b| b.namespace().as_deref() == Some(namespace) && b.name_any() == name);
+    if let Some(broker) = cached {
+        return Ok(broker.as_ref().clone());
+    }
     let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), namespace);
     brokers
         .get_opt(name)
@@ -40,7 +50,8 @@ pub(super) async fn load(ctx: &Context, namespace: Option<&str>, name: &str) -> 
         })
 }
 
-fn memory_key(broker: &Broker) -> String {
+/// The key under which a Broker's connection and snapshots are kept: namespace/name/uid.
+pub(super) fn memory_key(broker: &Broker) -> String {
     format!(
         "{}/{}/{}",
         broker.namespace().unwrap_or_default(),
@@ -49,8 +60,18 @@ fn memory_key(broker: &Broker) -> String {
     )
 }
 
-/// A management API client for `broker`, with credentials from its Secret.
+/// A management API client for `broker`, with credentials from its Secret, read again when the
+/// last read is older than the Secret poll (which notices a change within that time anyway).
 pub(super) async fn connect(ctx: &Context, broker: &Broker) -> Result<Arc<dyn ManagementApi>> {
+    match ctx.recent_connection(&memory_key(broker)) {
+        Some(connection) => ctx.connector.connect(&connection),
+        None => connect_fresh(ctx, broker).await,
+    }
+}
+
+/// Like [`connect`], reading the Secrets now: the Broker's own probe, which must see a fixed
+/// credential at once.
+async fn connect_fresh(ctx: &Context, broker: &Broker) -> Result<Arc<dyn ManagementApi>> {
     let connection = broker_connection(&ctx.client, broker).await?;
     ctx.remember(&memory_key(broker), &connection);
     ctx.connector.connect(&connection)
@@ -62,7 +83,7 @@ pub(super) async fn connect_for_cleanup(
     ctx: &Context,
     broker: &Broker,
 ) -> Result<Arc<dyn ManagementApi>> {
-    match connect(ctx, broker).await {
+    match connect_fresh(ctx, broker).await {
         Err(Error::Config(missing)) => match ctx.remembered(&memory_key(broker)) {
             Some(connection) => {
                 tracing::info!(
@@ -100,7 +121,7 @@ pub async fn reconcile_broker(broker: Arc<Broker>, ctx: Arc<Context>) -> Result<
 }
 
 async fn probe(api: &Api<Broker>, broker: &Broker, ctx: &Context) -> Result<Action> {
-    let probe = match connect(ctx, broker).await {
+    let probe = match connect_fresh(ctx, broker).await {
         Ok(management) => management.overview().await,
         Err(error) => Err(error),
     };
@@ -174,6 +195,7 @@ async fn release(broker: &Broker, ctx: &Context) -> Result<Action> {
     let reference = broker.object_ref(&());
     if dependents == 0 {
         ctx.forget(&memory_key(broker));
+        ctx.snapshots.forget(&memory_key(broker));
         let note = format!("no Warren resource names Broker {namespace}/{name} any more");
         events::publish(ctx, &reference, false, reason::DELETED, "Delete", &note).await;
         return Ok(Action::await_change());
@@ -181,6 +203,7 @@ async fn release(broker: &Broker, ctx: &Context) -> Result<Action> {
     let waited = deleting_for(broker);
     if waited >= ctx.settings.cleanup_grace {
         ctx.forget(&memory_key(broker));
+        ctx.snapshots.forget(&memory_key(broker));
         let note = format!(
             "released after {}s although {dependents} Warren resource(s) still name it; their RabbitMQ objects stay unless this Broker comes back",
             waited.as_secs()

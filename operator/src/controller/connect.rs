@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -11,7 +12,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 
 use crate::crd::Broker;
-use crate::rabbitmq::{BrokerConnection, Credentials, HttpManagementApi, ManagementApi};
+use crate::rabbitmq::{
+    BrokerConnection, BrokerLimit, Credentials, DEFAULT_MAX_IN_FLIGHT, HttpManagementApi,
+    ManagementApi,
+};
 use crate::{Error, Result};
 
 /// Builds a [`ManagementApi`] for a resolved connection. Tests swap in the in-memory fake.
@@ -24,10 +28,54 @@ pub trait BrokerConnector: Send + Sync {
 ///
 /// Clients are kept per connection (URL, credentials, TLS material), so reconciles reuse pooled
 /// keep-alive connections instead of a TCP and TLS handshake each; rotating the Secret yields a
-/// new key and so a new client.
-#[derive(Default)]
+/// new key and so a new client. Every client of one management URL shares one [`BrokerLimit`].
 pub struct HttpConnector {
     clients: Mutex<HashMap<ConnectionKey, Arc<dyn ManagementApi>>>,
+    limits: Mutex<HashMap<String, Arc<BrokerLimit>>>,
+    max_in_flight: usize,
+    per_second: u32,
+    /// Management API calls (and of them, writes) made by every client this connector built.
+    calls: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
+}
+
+impl Default for HttpConnector {
+    fn default() -> Self {
+        HttpConnector::with_limits(DEFAULT_MAX_IN_FLIGHT, 0)
+    }
+}
+
+impl HttpConnector {
+    /// A connector whose clients keep each broker to `max_in_flight` calls at once and, unless
+    /// 0, `per_second` call starts per second.
+    pub fn with_limits(max_in_flight: usize, per_second: u32) -> Self {
+        HttpConnector {
+            clients: Mutex::default(),
+            limits: Mutex::default(),
+            max_in_flight,
+            per_second,
+            calls: Arc::default(),
+            writes: Arc::default(),
+        }
+    }
+
+    /// Management API calls made through this connector's clients so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Of [`HttpConnector::calls`], the writes (declarations and deletions).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn limit_of(&self, management_url: &str) -> Arc<BrokerLimit> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .entry(management_url.trim_end_matches('/').to_owned())
+            .or_insert_with(|| Arc::new(BrokerLimit::new(self.max_in_flight, self.per_second)))
+            .clone()
+    }
 }
 
 /// Most Brokers a cluster plausibly has; past this the cache starts over (stale keys of rotated
@@ -71,7 +119,11 @@ impl BrokerConnector for HttpConnector {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client: Arc<dyn ManagementApi> = Arc::new(HttpManagementApi::new(connection)?);
+        let client: Arc<dyn ManagementApi> = Arc::new(
+            HttpManagementApi::new(connection)?
+                .with_limit(self.limit_of(&connection.management_url))
+                .with_counters(self.calls.clone(), self.writes.clone()),
+        );
         if clients.len() >= MAX_CACHED_CLIENTS {
             clients.clear();
         }

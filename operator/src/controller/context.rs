@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kube::Client;
@@ -16,6 +16,7 @@ use super::REPORTING_CONTROLLER;
 use super::claims::Stores;
 use super::connect::BrokerConnector;
 use super::metrics::Metrics;
+use super::snapshot::Snapshots;
 use crate::crd::{Broker, Worker};
 use crate::rabbitmq::BrokerConnection;
 
@@ -34,6 +35,29 @@ pub struct Settings {
     /// How often the Secrets that Brokers name are read for a change (a rotated or fixed
     /// credential), with `get` only: the chart grants no list or watch on Secrets.
     pub secret_poll: Duration,
+    /// How old a bulk read-back of a vhost may be and still confirm that a resource is in sync
+    /// (see `snapshot`). A resource in sync is looked at again `resync - snapshot_age` later,
+    /// so drift is still seen within one `resync`.
+    pub snapshot_age: Duration,
+}
+
+impl Settings {
+    /// The settings for a resync period: snapshots live a quarter of it, at most 10 s.
+    pub fn for_resync(resync: Duration) -> Self {
+        Settings {
+            resync,
+            snapshot_age: (resync / 4).min(Duration::from_secs(10)),
+            ..Settings::default()
+        }
+    }
+
+    /// When a resource found in sync is looked at again: drift is seen within one `resync`
+    /// even through a snapshot `snapshot_age` old.
+    pub fn in_sync_requeue(&self) -> Duration {
+        self.resync
+            .saturating_sub(self.snapshot_age)
+            .max(Duration::from_secs(1))
+    }
 }
 
 impl Default for Settings {
@@ -44,6 +68,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             cleanup_grace: Duration::from_secs(600),
             secret_poll: Duration::from_secs(5),
+            snapshot_age: Duration::from_secs(6),
         }
     }
 }
@@ -67,9 +92,13 @@ pub struct Context {
     /// Workers to reconcile now (a Secret they read changed).
     workers: broadcast::Sender<ObjectRef<Worker>>,
     failures: Mutex<HashMap<String, u32>>,
-    /// The last connection that could be assembled per Broker (namespace/name/uid), so cleanup
-    /// still reaches RabbitMQ when a namespace deletion removed the credentials Secret first.
-    remembered: Mutex<HashMap<String, BrokerConnection>>,
+    /// The last connection that could be assembled per Broker (namespace/name/uid), and when its
+    /// Secrets were read: reconciles within `secret_poll` of that reuse it instead of reading the
+    /// Secrets again, and cleanup still reaches RabbitMQ when a namespace deletion removed the
+    /// credentials Secret first.
+    remembered: Mutex<HashMap<String, (Instant, BrokerConnection)>>,
+    /// Bulk read-backs of RabbitMQ, shared by the reconciles of one vhost.
+    pub snapshots: Snapshots,
 }
 
 impl Context {
@@ -85,6 +114,7 @@ impl Context {
             controller: REPORTING_CONTROLLER.to_owned(),
             instance,
         };
+        let snapshots = Snapshots::new(settings.snapshot_age);
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -96,6 +126,7 @@ impl Context {
             workers: broadcast::channel(1024).0,
             failures: Mutex::new(HashMap::new()),
             remembered: Mutex::new(HashMap::new()),
+            snapshots,
         }
     }
 
@@ -120,12 +151,12 @@ impl Context {
         self.workers.subscribe()
     }
 
-    /// Remembers how `broker` (namespace/name/uid) was last reached.
+    /// Remembers how `broker` (namespace/name/uid) was last reached, its Secrets read just now.
     pub fn remember(&self, broker: &str, connection: &BrokerConnection) {
         self.remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(broker.to_owned(), connection.clone());
+            .insert(broker.to_owned(), (Instant::now(), connection.clone()));
     }
 
     /// How `broker` was last reached, if it ever was by this process.
@@ -134,7 +165,33 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(broker)
-            .cloned()
+            .map(|(_, connection)| connection.clone())
+    }
+
+    /// How `broker` was last reached, if its Secrets were read within `secret_poll`: the
+    /// poller notices a changed Secret within that time anyway.
+    pub fn recent_connection(&self, broker: &str) -> Option<BrokerConnection> {
+        self.remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(broker)
+            .filter(|(read, _)| read.elapsed() < self.settings.secret_poll)
+            .map(|(_, connection)| connection.clone())
+    }
+
+    /// Makes the next reconcile of `broker`'s dependants read its Secrets again (the broker
+    /// refused the credentials, or a Secret changed); cleanup may still use the connection.
+    pub fn expire_connection(&self, broker: &str) {
+        if let Some((read, _)) = self
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(broker)
+        {
+            *read = Instant::now()
+                .checked_sub(self.settings.secret_poll)
+                .unwrap_or(*read);
+        }
     }
 
     /// Forgets a deleted Broker's connection.

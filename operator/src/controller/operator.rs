@@ -57,6 +57,13 @@ pub struct OperatorArgs {
     /// Reconciles run at once per controller.
     #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// Most management API calls in flight to one broker, over every controller.
+    #[arg(long, env = "WARREN_BROKER_MAX_IN_FLIGHT", default_value_t = crate::rabbitmq::DEFAULT_MAX_IN_FLIGHT)]
+    pub broker_max_in_flight: usize,
+    /// Most management API calls started per second on one broker; 0 for no cap beyond
+    /// --broker-max-in-flight.
+    #[arg(long, env = "WARREN_BROKER_REQUESTS_PER_SECOND", default_value_t = 0)]
+    pub broker_requests_per_second: u32,
     /// This replica's name in the Lease and in Events (the chart passes the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -71,7 +78,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     })?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    serve(client, &args, Arc::new(HttpConnector::default()), shutdown).await
+    let connector =
+        HttpConnector::with_limits(args.broker_max_in_flight, args.broker_requests_per_second);
+    serve(client, &args, Arc::new(connector), shutdown).await
 }
 
 /// Everything `warren operator` does once connected: CRD check, HTTP endpoints, leader election
@@ -115,9 +124,8 @@ pub async fn serve(
         .filter(|name| !name.is_empty())
         .unwrap_or_else(identity);
     let settings = Settings {
-        resync: Duration::from_secs(args.resync_seconds.max(1)),
         cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
-        ..Settings::default()
+        ..Settings::for_resync(Duration::from_secs(args.resync_seconds.max(1)))
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

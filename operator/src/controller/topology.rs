@@ -115,6 +115,12 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
     // status must not keep saying Reachable until its next probe.
     // Only while the Broker still says Ready: once it says otherwise, probing it again for
     // every failing dependant would only make its status, and so them, churn.
+    if let Err(Error::RabbitMq { status: 401, .. }) = &result {
+        // Read the Secret again next time rather than keep refused credentials.
+        if let Some(broker) = cached_broker(ctx, object) {
+            ctx.expire_connection(&broker::memory_key(&broker));
+        }
+    }
     if let Err(Error::Transport { .. } | Error::RabbitMq { status: 401, .. }) = &result
         && broker_says_ready(ctx, object)
     {
@@ -162,7 +168,7 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         Ok(_) if verdict.reason == reason::DUPLICATE => {
             Ok(Action::requeue(ctx.settings.resync.min(RECHECK)))
         }
-        Ok(_) => Ok(Action::requeue(ctx.settings.resync)),
+        Ok(_) => Ok(Action::requeue(ctx.settings.in_sync_requeue())),
         // Waiting for an exchange or queue that watches will announce: quietly, no backoff.
         Err(_) if verdict.reason == reason::WAITING => {
             Ok(Action::requeue(ctx.settings.resync.min(RECHECK)))
@@ -177,12 +183,18 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
     }
 }
 
-/// Whether the cached Broker `object` names has Ready=True (unknown counts as Ready).
-fn broker_says_ready<K: TopologyKind>(ctx: &Context, object: &K) -> bool {
+/// The Broker `object` names, from the controllers' cache.
+fn cached_broker<K: TopologyKind>(ctx: &Context, object: &K) -> Option<Arc<Broker>> {
     ctx.stores
         .all::<Broker>()
-        .iter()
+        .into_iter()
         .find(|b| b.namespace() == object.namespace() && b.name_any() == object.broker_ref().name)
+}
+
+/// Whether the cached Broker `object` names has Ready=True (unknown counts as Ready).
+fn broker_says_ready<K: TopologyKind>(ctx: &Context, object: &K) -> bool {
+    cached_broker(ctx, object)
+        .as_ref()
         .and_then(|b| b.status.as_ref())
         .and_then(|s| crate::crd::status::ready(&s.conditions))
         .is_none_or(|c| c.status == "True")
@@ -240,9 +252,27 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
         });
     }
     let management = broker::connect(ctx, &broker).await?;
-    let observed = observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?;
     let recorded = object.recorded();
-    let action = plan::plan_one(&desired, recorded.as_ref(), &observed);
+    // The vhost's listing confirms most resources in sync; anything else is read back on its
+    // own before Warren acts on it (see `snapshot`).
+    let in_snapshot = ctx
+        .snapshots
+        .observed(management.as_ref(), &broker::memory_key(&broker), &desired)
+        .await
+        .map(|observed| {
+            let action = plan::plan_one(&desired, recorded.as_ref(), &observed);
+            (observed, action)
+        })
+        .filter(|(_, action)| matches!(action, plan::Action::Unchanged(_)));
+    let (observed, action) = match in_snapshot {
+        Some(confirmed) => confirmed,
+        None => {
+            let observed =
+                observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?;
+            let action = plan::plan_one(&desired, recorded.as_ref(), &observed);
+            (observed, action)
+        }
+    };
     let outcome = reconcile::execute(management.as_ref(), &action).await?;
     let changed_rabbitmq = outcome == Outcome::Done;
     // Status describes RabbitMQ after the change, read back rather than assumed: a Binding

@@ -9,7 +9,8 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::{
-    BindingDef, BindingState, ExchangeDef, ManagementApi, Overview, PolicyDef, QueueDef, QueueState,
+    BindingDef, BindingState, BrokerLimit, ExchangeDef, ManagementApi, Overview, PolicyDef,
+    QueueDef, QueueState,
 };
 use crate::crd::{Arguments, DestinationType};
 use crate::{Error, Result};
@@ -72,6 +73,11 @@ pub struct HttpManagementApi {
     credentials: Credentials,
     /// Calls made, for reports and benchmarks (shared by clones).
     calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Calls that were not reads (PUT, POST, DELETE), likewise.
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The bound this broker's clients share (see [`BrokerLimit`]); none for the CLI, which
+    /// bounds its own calls with `--concurrency`.
+    limit: Option<std::sync::Arc<BrokerLimit>>,
 }
 
 impl fmt::Debug for HttpManagementApi {
@@ -129,7 +135,26 @@ impl HttpManagementApi {
             base_url,
             credentials: connection.credentials.clone(),
             calls: Default::default(),
+            writes: Default::default(),
+            limit: None,
         })
+    }
+
+    /// This client counting its calls and writes into `calls` and `writes` (shared with others).
+    pub fn with_counters(
+        mut self,
+        calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        self.calls = calls;
+        self.writes = writes;
+        self
+    }
+
+    /// This client with its calls bounded by `limit`, shared with the broker's other clients.
+    pub fn with_limit(mut self, limit: std::sync::Arc<BrokerLimit>) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// The management URL this client talks to.
@@ -140,6 +165,11 @@ impl HttpManagementApi {
     /// Management API calls made through this client so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Of [`HttpManagementApi::calls`], those that were writes (PUT, POST, DELETE).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads up to `count` messages from the head of a queue and puts them back
@@ -186,6 +216,10 @@ impl HttpManagementApi {
         let url = format!("{}/api/{path}", self.base_url);
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if method != Method::GET {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut request = self
             .client
             .request(method.clone(), &url)
@@ -193,6 +227,11 @@ impl HttpManagementApi {
         if let Some(body) = body {
             request = request.json(body);
         }
+        // Held until RabbitMQ answers: it builds the whole answer before its first byte.
+        let _permit = match &self.limit {
+            Some(limit) => limit.acquire().await,
+            None => None,
+        };
         let response = request.send().await.map_err(|source| Error::Transport {
             url: url.clone(),
             source,

@@ -3,12 +3,14 @@
 
 mod fake;
 mod http;
+mod limit;
 mod model;
 
 use async_trait::async_trait;
 
 pub use fake::FakeBroker;
 pub use http::{BrokerConnection, Credentials, HttpManagementApi};
+pub use limit::{BrokerLimit, DEFAULT_MAX_IN_FLIGHT};
 pub use model::{
     BindingDef, BindingState, ExchangeDef, Overview, PolicyDef, QueueDef, QueueState,
     is_reserved_exchange, is_server_named_queue,
