@@ -211,13 +211,30 @@ pub async fn converge(n: usize) -> Result<Value> {
         objects as f64 / raw.as_secs_f64(),
         objects as f64 / warren.as_secs_f64(),
     );
-    Ok(json!({
+    let mut line = json!({
         "scenario": "converge", "objects": objects, "concurrency": DEFAULT_CONCURRENCY,
         "unit": "objects/s", "baseline": round(baseline_rate), "warren": round(warren_rate),
         "ratio": round(warren_rate / baseline_rate),
         "baseline_seconds": round(raw.as_secs_f64()), "warren_seconds": round(warren.as_secs_f64()),
         "warren_api_calls": report.api_calls,
-    }))
+    });
+    match operator::converge(n).await? {
+        Some(measured) => {
+            let rate = objects as f64 / measured.seconds;
+            line["operator"] = json!(round(rate));
+            line["operator_ratio"] = json!(round(rate / baseline_rate));
+            line["operator_seconds"] = json!(round(measured.seconds));
+            line["operator_apply_seconds"] = json!(round(measured.apply_seconds));
+            let floor = objects as f64 / measured.apply_alone_seconds;
+            line["api_server_floor"] = json!(round(floor));
+            line["operator_floor_ratio"] = json!(round(rate / floor.min(baseline_rate)));
+            line["operator_resources"] = json!(measured.resources);
+            line["operator_peak_rss_mib"] = json!(round(measured.peak_rss_mib));
+            line["operator_cpu_seconds"] = json!(round(measured.cpu_seconds));
+        }
+        None => line["operator"] = json!("skipped: no envtest assets (scripts/envtest.sh)"),
+    }
+    Ok(line)
 }
 
 /// `resync N`: one full drift check of 2N + 10 objects with nothing to change. Warren's
@@ -296,4 +313,248 @@ async fn measure_resync(
         calls_per_object,
         2 * sample,
     ))
+}
+
+/// The operator's side of `converge`: the same topology as Warren resources, server-side applied
+/// into a namespace of a private envtest API server (16 at once, as `kubectl apply
+/// --server-side` runs would), reconciled by `warren operator` in a process of its own with the
+/// chart's RBAC, until every resource reports Ready for its generation.
+pub mod operator {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result, bail};
+    use futures::StreamExt;
+    use kube::api::{ListParams, Patch, PatchParams};
+    use serde_json::{Value, json};
+
+    use super::{EXCHANGES, exchange, queue};
+    use crate::operator::{BROKER, CREDENTIALS, Fixture};
+
+    /// What one operator converge measured.
+    pub struct Measured {
+        /// Resources applied (Broker included).
+        pub resources: usize,
+        /// From the first apply until every resource was Ready.
+        pub seconds: f64,
+        /// Of those, the applies themselves.
+        pub apply_seconds: f64,
+        /// The API server's floor: the same applies into another namespace with no operator
+        /// watching, in seconds.
+        pub apply_alone_seconds: f64,
+        /// The operator process's peak resident memory (VmHWM), in MiB.
+        pub peak_rss_mib: f64,
+        /// The CPU time the operator process used (user and system), in seconds.
+        pub cpu_seconds: f64,
+    }
+
+    /// `warren operator`, killed when dropped.
+    struct Process(Child);
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Process {
+        /// User and system CPU time so far, from /proc (fields 14 and 15, in clock ticks).
+        fn cpu_seconds(&self) -> Result<f64> {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))?;
+            // The command name (field 2) may hold spaces; the fields after it do not.
+            let after = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            // Field 14 is the 12th after the name and state.
+            let (user, system) = (ticks(11), ticks(12));
+            // SAFETY: sysconf has no preconditions.
+            let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            match (user, system) {
+                (Some(u), Some(s)) if per_second > 0.0 => Ok((u + s) / per_second),
+                _ => bail!("cannot read the CPU time from /proc/<pid>/stat"),
+            }
+        }
+
+        /// Peak resident memory so far, from /proc.
+        fn peak_rss_mib(&self) -> Result<f64> {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
+            let kib: f64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .context("no VmHWM in /proc/<pid>/status")?;
+            Ok(kib / 1024.0)
+        }
+    }
+
+    /// The `warren` binary built next to this one (`cargo build --release --bins`).
+    fn warren_binary() -> Result<std::path::PathBuf> {
+        let path = std::env::current_exe()?.with_file_name("warren");
+        if !path.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p warren-operator` first",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    fn resources(vhost: &str, n: usize) -> Vec<Value> {
+        let broker = json!({"name": BROKER});
+        let resource = |kind: &str, name: String, spec: Value| {
+            json!({"apiVersion": "warren.dev/v1alpha1", "kind": kind,
+                   "metadata": {"name": name}, "spec": spec})
+        };
+        let mut all = Vec::with_capacity(2 * n + EXCHANGES);
+        for i in 0..EXCHANGES {
+            all.push(resource(
+                "Exchange",
+                format!("x{i}"),
+                json!({"brokerRef": broker, "vhost": vhost, "name": exchange(i), "type": "topic", "durable": true}),
+            ));
+        }
+        for i in 0..n {
+            all.push(resource(
+                "Queue",
+                format!("q{i}"),
+                json!({"brokerRef": broker, "vhost": vhost, "name": queue(i), "type": "classic", "durable": true}),
+            ));
+            all.push(resource(
+                "Binding",
+                format!("b{i}"),
+                json!({"brokerRef": broker, "vhost": vhost, "source": exchange(i), "destination": queue(i),
+                       "destinationType": "queue", "routingKey": format!("k.{i}")}),
+            ));
+        }
+        all
+    }
+
+    /// Server-side applies `objects` into `namespace`, 16 at once.
+    async fn apply_all(f: &Fixture, namespace: &str, objects: &[Value]) -> Result<()> {
+        let applied: Vec<Result<()>> = futures::stream::iter(objects.iter().map(|object| {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+                f.admin.clone(),
+                namespace,
+                &crate::operator::resource(kind),
+            );
+            async move {
+                api.patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(object))
+                    .await
+                    .map(drop)
+                    .with_context(|| format!("apply {kind} {name}"))
+            }
+        }))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+        applied.into_iter().collect()
+    }
+
+    /// How many resources of `kind` in the namespace are Ready=True for their generation.
+    async fn ready(f: &Fixture, kind: &str) -> Result<usize> {
+        let list = f.api(kind).list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|o| {
+                let object = serde_json::to_value(o).unwrap_or(Value::Null);
+                crate::operator::current(&object)
+                    && crate::operator::condition(&object, "Ready")
+                        .is_some_and(|c| c["status"] == "True")
+            })
+            .count())
+    }
+
+    /// Runs the operator converge of `n` queues and `n` bindings; `None` without envtest assets.
+    pub async fn converge(n: usize) -> Result<Option<Measured>> {
+        let Some(f) = Fixture::new("bench-operator").await else {
+            return Ok(None);
+        };
+        let plane = f.ns.plane();
+        let token = plane
+            .service_account_token(&f.system.name, &f.service_account)
+            .await;
+        let kubeconfig = plane.dir.join(format!("{}.kubeconfig", f.ns.name));
+        std::fs::write(&kubeconfig, plane.kubeconfig_yaml(&token, &f.ns.name))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(plane.dir.join("bench-operator.log"))?;
+        let operator = Process(
+            Command::new(warren_binary()?)
+                .args([
+                    "operator",
+                    "--namespace",
+                    &f.ns.name,
+                    "--leader-elect",
+                    "false",
+                ])
+                .args(["--port", &port.to_string(), "--identity", "bench"])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("start warren operator")?,
+        );
+        let broker = json!({"apiVersion": "warren.dev/v1alpha1", "kind": "Broker",
+            "metadata": {"name": BROKER},
+            "spec": {"managementUrl": warren_messaging::config::management_url(),
+                     "credentialsSecretRef": {"name": CREDENTIALS}}});
+        let all = resources(&f.vhost.name, n);
+        // The floor: the API server taking the same applies with nobody watching them (into a
+        // namespace the operator does not watch, with a Broker name nothing defines).
+        let alone = plane.namespace("bench-apply-alone").await;
+        let started = Instant::now();
+        apply_all(&f, &alone.name, &all).await?;
+        let apply_alone_seconds = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        f.apply(&[broker]).await;
+        apply_all(&f, &f.ns.name, &all).await?;
+        let apply_seconds = started.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let done = ready(&f, "Exchange").await?
+                + ready(&f, "Queue").await?
+                + ready(&f, "Binding").await?;
+            if done == all.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {done} of {} resources Ready after 30 minutes",
+                    all.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let peak_rss_mib = operator.peak_rss_mib()?;
+        let cpu_seconds = operator.cpu_seconds()?;
+        drop(operator);
+        // The control plane goes with this process; RabbitMQ's side must be removed.
+        let vhost = f.vhost.name.clone();
+        super::BenchVhost {
+            name: vhost,
+            mgmt: crate::support::management(),
+        }
+        .delete()
+        .await;
+        Ok(Some(Measured {
+            resources: all.len() + 1,
+            seconds,
+            apply_seconds,
+            apply_alone_seconds,
+            peak_rss_mib,
+            cpu_seconds,
+        }))
+    }
 }

@@ -31,6 +31,11 @@ pub trait TopologyKind:
     /// The Broker (same namespace) the object lives on.
     fn broker_ref(&self) -> &BrokerRef;
 
+    /// A name two resources of this kind share whenever they stand for the same RabbitMQ object
+    /// (the object's name; a binding's destination): a cheap first test before comparing whole
+    /// identities, as a reconcile looks for other claimants among thousands.
+    fn claim_name(&self) -> &str;
+
     /// The object as the spec declares it, after the checks the schema cannot make.
     fn desired(&self) -> Result<Object, FieldError>;
 
@@ -92,6 +97,10 @@ fn created_record(
 impl TopologyKind for Exchange {
     fn broker_ref(&self) -> &BrokerRef {
         &self.spec.broker_ref
+    }
+
+    fn claim_name(&self) -> &str {
+        &self.spec.name
     }
 
     fn desired(&self) -> Result<Object, FieldError> {
@@ -157,6 +166,10 @@ impl TopologyKind for Exchange {
 impl TopologyKind for Queue {
     fn broker_ref(&self) -> &BrokerRef {
         &self.spec.broker_ref
+    }
+
+    fn claim_name(&self) -> &str {
+        &self.spec.name
     }
 
     fn desired(&self) -> Result<Object, FieldError> {
@@ -235,6 +248,10 @@ impl TopologyKind for Binding {
         &self.spec.broker_ref
     }
 
+    fn claim_name(&self) -> &str {
+        &self.spec.destination
+    }
+
     fn desired(&self) -> Result<Object, FieldError> {
         topology::binding_def(&self.spec).map(Object::Binding)
     }
@@ -310,6 +327,10 @@ fn declared_binding(spec: &Object, observed: Option<&Observed>) -> Option<Declar
 impl TopologyKind for Policy {
     fn broker_ref(&self) -> &BrokerRef {
         &self.spec.broker_ref
+    }
+
+    fn claim_name(&self) -> &str {
+        &self.spec.name
     }
 
     fn desired(&self) -> Result<Object, FieldError> {

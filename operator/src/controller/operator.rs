@@ -54,8 +54,9 @@ pub struct OperatorArgs {
     /// Seconds cleanup retries an unreachable broker before removing the finalizer anyway.
     #[arg(long, env = "WARREN_CLEANUP_GRACE_SECONDS", default_value_t = 600)]
     pub cleanup_grace_seconds: u64,
-    /// Reconciles run at once per controller.
-    #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 4)]
+    /// Reconciles run at once per controller. Most of a reconcile is waiting (for the API
+    /// server, for RabbitMQ); --broker-max-in-flight is what protects the broker.
+    #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// Most management API calls in flight to one broker, over every controller.
     #[arg(long, env = "WARREN_BROKER_MAX_IN_FLIGHT", default_value_t = crate::rabbitmq::DEFAULT_MAX_IN_FLIGHT)]
@@ -638,12 +639,12 @@ pub(super) fn bindings_of_exchange(
     store
         .state_filter(|binding| {
             let b = &binding.spec;
-            binding.namespace() == exchange.namespace()
-                && b.broker_ref == spec.broker_ref
+            // Names first: this runs over every Binding for every Exchange event.
+            (b.source == spec.name
+                || (b.destination_type == DestinationType::Exchange && b.destination == spec.name))
                 && b.vhost == spec.vhost
-                && (b.source == spec.name
-                    || (b.destination_type == DestinationType::Exchange
-                        && b.destination == spec.name))
+                && binding.meta().namespace == exchange.meta().namespace
+                && b.broker_ref == spec.broker_ref
         })
         .iter()
         .map(|binding| ObjectRef::from_obj(binding.as_ref()))
@@ -656,11 +657,12 @@ pub(super) fn bindings_of_queue(store: &Store<Binding>, queue: &Queue) -> Vec<Ob
     store
         .state_filter(|binding| {
             let b = &binding.spec;
-            binding.namespace() == queue.namespace()
-                && b.broker_ref == spec.broker_ref
-                && b.vhost == spec.vhost
+            // Names first: this runs over every Binding for every Queue event.
+            b.destination == spec.name
                 && b.destination_type == DestinationType::Queue
-                && b.destination == spec.name
+                && b.vhost == spec.vhost
+                && binding.meta().namespace == queue.meta().namespace
+                && b.broker_ref == spec.broker_ref
         })
         .iter()
         .map(|binding| ObjectRef::from_obj(binding.as_ref()))

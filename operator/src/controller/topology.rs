@@ -255,10 +255,13 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
     let recorded = object.recorded();
     // The vhost's listing confirms most resources in sync; anything else is read back on its
     // own before Warren acts on it (see `snapshot`).
-    let in_snapshot = ctx
+    let snapshot = ctx
         .snapshots
         .observed(management.as_ref(), &broker::memory_key(&broker), &desired)
-        .await
+        .await;
+    // The listing succeeded, so the vhost exists: no need to ask again below.
+    let vhost_known = snapshot.is_some();
+    let in_snapshot = snapshot
         .map(|observed| {
             let action = plan::plan_one(&desired, recorded.as_ref(), &observed);
             (observed, action)
@@ -267,8 +270,13 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
     let (observed, action) = match in_snapshot {
         Some(confirmed) => confirmed,
         None => {
-            let observed =
-                observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?;
+            let observed = observe(
+                management.as_ref(),
+                &broker.spec.management_url,
+                &desired,
+                vhost_known,
+            )
+            .await?;
             let action = plan::plan_one(&desired, recorded.as_ref(), &observed);
             (observed, action)
         }
@@ -278,7 +286,13 @@ async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converge
     // Status describes RabbitMQ after the change, read back rather than assumed: a Binding
     // records the properties key RabbitMQ gave the binding it just declared.
     let observed = if changed_rabbitmq {
-        observe_one(management.as_ref(), &broker.spec.management_url, &desired).await?
+        observe(
+            management.as_ref(),
+            &broker.spec.management_url,
+            &desired,
+            true,
+        )
+        .await?
     } else {
         observed
     };
@@ -344,7 +358,8 @@ fn claimants<K: TopologyKind>(ctx: &Context, object: &K, broker: &Broker) -> Vec
         .stores
         .all::<K>()
         .iter()
-        .filter(|other| other.uid() != object.uid())
+        .filter(|other| other.claim_name() == object.claim_name())
+        .filter(|other| other.meta().uid != object.meta().uid)
         .filter(|other| plan::same_object(&other.identity(), &identity) && same_broker(other))
         .map(|other| Claimant::of(other.as_ref()))
         .collect();
@@ -626,8 +641,19 @@ pub async fn observe_one(
     broker: &str,
     object: &Object,
 ) -> Result<Observed> {
+    observe(api, broker, object, false).await
+}
+
+/// [`observe_one`], without asking whether the vhost exists when that is known (a listing of it
+/// just succeeded, or Warren just declared something in it).
+async fn observe(
+    api: &dyn ManagementApi,
+    broker: &str,
+    object: &Object,
+    vhost_known: bool,
+) -> Result<Observed> {
     let vhost = object.vhost();
-    if !api.vhost_exists(vhost).await? {
+    if !vhost_known && !api.vhost_exists(vhost).await? {
         return Err(Error::VhostMissing {
             vhost: vhost.to_owned(),
             broker: broker.to_owned(),
