@@ -3,13 +3,13 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::crd::Broker;
 use crate::rabbitmq::{
@@ -22,6 +22,12 @@ use crate::{Error, Result};
 pub trait BrokerConnector: Send + Sync {
     /// A client for `connection`; fails on a malformed URL or TLS material, not on reachability.
     fn connect(&self, connection: &BrokerConnection) -> Result<Arc<dyn ManagementApi>>;
+
+    /// The counters of management API calls and, of them, writes, that `/metrics` shows; `None`
+    /// for connectors that make no calls (the in-memory fake).
+    fn call_counters(&self) -> Option<(Counter, Counter)> {
+        None
+    }
 }
 
 /// The production connector: HTTPS (or HTTP) to the management API.
@@ -35,8 +41,8 @@ pub struct HttpConnector {
     max_in_flight: usize,
     per_second: u32,
     /// Management API calls (and of them, writes) made by every client this connector built.
-    calls: Arc<AtomicU64>,
-    writes: Arc<AtomicU64>,
+    calls: Counter,
+    writes: Counter,
 }
 
 impl Default for HttpConnector {
@@ -54,19 +60,19 @@ impl HttpConnector {
             limits: Mutex::default(),
             max_in_flight,
             per_second,
-            calls: Arc::default(),
-            writes: Arc::default(),
+            calls: Counter::default(),
+            writes: Counter::default(),
         }
     }
 
     /// Management API calls made through this connector's clients so far.
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.calls.get()
     }
 
     /// Of [`HttpConnector::calls`], the writes (declarations and deletions).
     pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
+        self.writes.get()
     }
 
     fn limit_of(&self, management_url: &str) -> Arc<BrokerLimit> {
@@ -129,6 +135,10 @@ impl BrokerConnector for HttpConnector {
         }
         clients.insert(key, client.clone());
         Ok(client)
+    }
+
+    fn call_counters(&self) -> Option<(Counter, Counter)> {
+        Some((self.calls.clone(), self.writes.clone()))
     }
 }
 

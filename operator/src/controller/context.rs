@@ -8,13 +8,13 @@ use std::{
 };
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::broadcast;
 
 use super::REPORTING_CONTROLLER;
 use super::claims::Stores;
 use super::connect::BrokerConnector;
+use super::events::EventRecorder;
 use super::metrics::Metrics;
 use super::snapshot::Snapshots;
 use crate::crd::{Broker, Worker};
@@ -82,7 +82,7 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// Timing.
     pub settings: Settings,
     /// The controllers' caches, to find other claimants of one RabbitMQ object.
@@ -110,13 +110,9 @@ impl Context {
         settings: Settings,
         instance: Option<String>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: REPORTING_CONTROLLER.to_owned(),
-            instance,
-        };
         let snapshots = Snapshots::new(settings.snapshot_age);
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: EventRecorder::new(client.clone(), REPORTING_CONTROLLER, instance),
             client,
             connector,
             metrics,

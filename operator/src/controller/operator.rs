@@ -106,6 +106,19 @@ pub async fn serve(
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    if let Some((calls, writes)) = connector.call_counters() {
+        let warren = registry.sub_registry_with_prefix("warren");
+        warren.register(
+            "management_api_calls",
+            "Calls made to RabbitMQ management APIs",
+            calls,
+        );
+        warren.register(
+            "management_api_writes",
+            "Of the management API calls, the declarations and deletions",
+            writes,
+        );
+    }
     let probes = Probes::new(Arc::new(registry));
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port))
@@ -460,6 +473,8 @@ fn topology_controller<K: TopologyKind>(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    // Nothing reads managedFields, and at 20,000 resources they would be most of the cache.
+    .modify(|object| object.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
