@@ -236,6 +236,8 @@ pub async fn converge(n: usize) -> Result<Value> {
             line["operator_resources"] = json!(measured.resources);
             line["operator_peak_rss_mib"] = json!(round(measured.peak_rss_mib));
             line["operator_cpu_seconds"] = json!(round(measured.cpu_seconds));
+            line["operator_reconciles"] = json!(measured.converged.reconciliations);
+            line["operator_api_calls"] = json!(measured.converged.calls);
             line["operator_resync_seconds"] = json!(operator::RESYNC.as_secs());
             line["operator_resync_api_calls"] = json!(measured.resync.calls);
             line["operator_resync_writes"] = json!(measured.resync.writes);
@@ -362,6 +364,8 @@ pub mod operator {
         /// The CPU time the operator process used (user and system) until every resource was
         /// Ready, in seconds.
         pub cpu_seconds: f64,
+        /// What the operator had done by then.
+        pub converged: Calls,
         /// The management calls of one resync period after that, nothing having changed.
         pub resync: Calls,
         /// What a restarted operator did until it had reconciled every resource once.
@@ -653,11 +657,11 @@ pub mod operator {
         }
         let seconds = started.elapsed().as_secs_f64();
         let cpu_seconds = operator.cpu_seconds()?;
+        let converged = Calls::scrape(&metrics).await?;
 
         // One resync period with nothing to change: what re-reading RabbitMQ costs.
-        let before = Calls::scrape(&metrics).await?;
         tokio::time::sleep(RESYNC).await;
-        let resync = Calls::scrape(&metrics).await?.since(&before);
+        let resync = Calls::scrape(&metrics).await?.since(&converged);
         let mut peak_rss_mib = operator.peak_rss_mib()?;
         drop(operator);
 
@@ -694,6 +698,7 @@ pub mod operator {
             apply_alone_seconds,
             peak_rss_mib,
             cpu_seconds,
+            converged,
             resync,
             restart,
             restart_seconds,

@@ -3,13 +3,16 @@
 //! `Duplicate` and never declares, changes or deletes it, so deleting one of them can never take
 //! the object (and a queue's messages) away from the other.
 //!
-//! The claimants come from the controllers' own caches ([`Stores`]); choosing the owner is pure.
+//! The claimants come from the controllers' own caches ([`Stores`]), found through a
+//! [`ClaimIndex`] by the name they claim (a scan of 10,000 Queues per reconcile was most of the
+//! operator's CPU); choosing the owner is pure.
 
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 /// One resource naming a RabbitMQ object.
@@ -48,14 +51,124 @@ pub fn owner(claimants: &[Claimant]) -> Option<&Claimant> {
     })
 }
 
+/// Which resources of one kind claim which name (a queue's name, a binding's destination), kept
+/// from the same watch events as the controller's cache.
+#[derive(Default)]
+pub struct ClaimIndex {
+    inner: Mutex<IndexState>,
+}
+
+/// Namespace and name of a resource.
+type Key = (String, String);
+
+#[derive(Default)]
+struct IndexState {
+    by_claim: HashMap<String, HashSet<Key>>,
+    claim_of: HashMap<Key, String>,
+    /// A re-list in progress: it replaces everything once done, as the cache does.
+    relisting: Option<Vec<(Key, String)>>,
+}
+
+impl IndexState {
+    fn insert(&mut self, key: Key, claim: String) {
+        self.remove(&key);
+        self.by_claim
+            .entry(claim.clone())
+            .or_default()
+            .insert(key.clone());
+        self.claim_of.insert(key, claim);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(claim) = self.claim_of.remove(key)
+            && let Some(keys) = self.by_claim.get_mut(&claim)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_claim.remove(&claim);
+            }
+        }
+    }
+}
+
+impl ClaimIndex {
+    /// Follows one watch event; `claim` is the name the object claims.
+    pub fn observe<K: Resource>(&self, event: &watcher::Event<K>, claim: impl Fn(&K) -> String) {
+        let key = |object: &K| (object.namespace().unwrap_or_default(), object.name_any());
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            watcher::Event::Apply(object) => state.insert(key(object), claim(object)),
+            watcher::Event::Delete(object) => state.remove(&key(object)),
+            watcher::Event::Init => state.relisting = Some(Vec::new()),
+            watcher::Event::InitApply(object) => {
+                let entry = (key(object), claim(object));
+                state.relisting.get_or_insert_with(Vec::new).push(entry);
+            }
+            watcher::Event::InitDone => {
+                let listed = state.relisting.take().unwrap_or_default();
+                state.by_claim.clear();
+                state.claim_of.clear();
+                for (key, claim) in listed {
+                    state.insert(key, claim);
+                }
+            }
+        }
+    }
+
+    /// The resources claiming `claim`, as namespace and name.
+    pub fn claiming(&self, claim: &str) -> Vec<Key> {
+        let state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .by_claim
+            .get(claim)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The controllers' caches, by kind, so a reconcile can see the other resources of its kind (in
 /// every scope the operator watches) without asking the API server.
 #[derive(Default)]
 pub struct Stores {
     by_kind: Mutex<HashMap<String, Vec<Box<dyn Any + Send + Sync>>>>,
+    claims: Mutex<HashMap<String, Arc<ClaimIndex>>>,
 }
 
 impl Stores {
+    /// The claim index of `K`, shared by its controllers (one per watched namespace).
+    pub fn claim_index<K: Resource<DynamicType = ()>>(&self) -> Arc<ClaimIndex> {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(K::kind(&()).into_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The cached resources of `K` that claim `claim` (see [`ClaimIndex`]).
+    pub fn claiming<K>(&self, claim: &str) -> Vec<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let keys = self.claim_index::<K>().claiming(claim);
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let by_kind = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        let stores: Vec<&Store<K>> = by_kind
+            .get(K::kind(&()).as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|store| store.downcast_ref::<Store<K>>())
+            .collect();
+        keys.iter()
+            .filter_map(|(namespace, name)| {
+                let reference = ObjectRef::new(name).within(namespace);
+                stores.iter().find_map(|store| store.get(&reference))
+            })
+            .collect()
+    }
+
     /// Adds the cache of one controller of `K`.
     pub fn add<K>(&self, store: Store<K>)
     where
@@ -87,7 +200,62 @@ impl Stores {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
     use super::*;
+
+    /// A ConfigMap stands in for a resource; its one data value is the name it claims.
+    fn object(name: &str, claim: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("claim".to_owned(), claim.to_owned())].into()),
+            ..ConfigMap::default()
+        }
+    }
+
+    fn claim(object: &ConfigMap) -> String {
+        object
+            .data
+            .as_ref()
+            .and_then(|d| d.get("claim").cloned())
+            .unwrap_or_default()
+    }
+
+    fn names(index: &ClaimIndex, claimed: &str) -> Vec<String> {
+        let mut names: Vec<String> = index
+            .claiming(claimed)
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_index_follows_applies_renames_deletes_and_relists() {
+        let index = ClaimIndex::default();
+        index.observe(&watcher::Event::Apply(object("a", "orders")), claim);
+        index.observe(&watcher::Event::Apply(object("b", "orders")), claim);
+        assert_eq!(names(&index, "orders"), ["a", "b"]);
+        // A spec edit moves the claim.
+        index.observe(&watcher::Event::Apply(object("b", "stock")), claim);
+        assert_eq!(names(&index, "orders"), ["a"]);
+        assert_eq!(names(&index, "stock"), ["b"]);
+        index.observe(&watcher::Event::Delete(object("a", "orders")), claim);
+        assert!(names(&index, "orders").is_empty());
+        // A re-list replaces everything once done, and serves the old view until then.
+        index.observe(&watcher::Event::<ConfigMap>::Init, claim);
+        index.observe(&watcher::Event::InitApply(object("c", "orders")), claim);
+        assert_eq!(names(&index, "stock"), ["b"]);
+        index.observe(&watcher::Event::<ConfigMap>::InitDone, claim);
+        assert!(names(&index, "stock").is_empty());
+        assert_eq!(names(&index, "orders"), ["c"]);
+    }
 
     fn claimant(namespace: &str, name: &str, second: Option<i64>, deleting: bool) -> Claimant {
         Claimant {

@@ -356,9 +356,8 @@ fn claimants<K: TopologyKind>(ctx: &Context, object: &K, broker: &Broker) -> Vec
     };
     let mut found: Vec<Claimant> = ctx
         .stores
-        .all::<K>()
+        .claiming::<K>(object.claim_name())
         .iter()
-        .filter(|other| other.claim_name() == object.claim_name())
         .filter(|other| other.meta().uid != object.meta().uid)
         .filter(|other| plan::same_object(&other.identity(), &identity) && same_broker(other))
         .map(|other| Claimant::of(other.as_ref()))
