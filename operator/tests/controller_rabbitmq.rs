@@ -21,6 +21,15 @@ use warren_operator::rabbitmq::{
 
 use controller_support::{context, finish, ready, resource, typed};
 
+/// Settings under which every reconcile reads the Broker's Secret, as the expected calls say
+/// (the operator otherwise reuses a connection read within the Secret poll).
+fn every_call() -> Settings {
+    Settings {
+        secret_poll: std::time::Duration::ZERO,
+        ..Settings::default()
+    }
+}
+
 const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
 /// Nothing listens on the discard port: connections are refused at once.
 const DEAD_URL: &str = "http://127.0.0.1:9";
@@ -157,7 +166,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
         .unwrap_or_else(|e| panic!("{e}"));
     let broker = controller_support::broker(&management_url());
 
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
     let object = binding_json(&vhost.0, false);
     let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
     api_server.broker_and_secret(&broker, &secret()).await;
@@ -181,7 +190,7 @@ async fn a_binding_is_declared_in_rabbitmq_and_deleted_with_its_resource() {
 #[tokio::test]
 async fn a_binding_to_a_missing_queue_waits_quietly_with_rabbitmqs_text() {
     let vhost = Vhost::new("dangling").await;
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
     let object = binding_json(&vhost.0, false);
     let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
     api_server
@@ -300,7 +309,7 @@ async fn reconcile_binding(
 async fn changed_arguments_replace_exactly_the_recorded_binding_and_spare_a_sibling() {
     let vhost = Vhost::new("rebind").await;
     headers_topology(&vhost.0).await;
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
 
     let mut edited = headers_binding_json(&vhost.0, "audit-eu", "eu");
     let status = reconcile_binding(&ctx, &mut api_server, &edited, "Created").await;
@@ -341,7 +350,7 @@ async fn changed_arguments_replace_exactly_the_recorded_binding_and_spare_a_sibl
 async fn cleanup_also_deletes_a_recorded_binding_left_by_a_crash_and_nothing_else() {
     let vhost = Vhost::new("rebind-cleanup").await;
     headers_topology(&vhost.0).await;
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
     let mut object = headers_binding_json(&vhost.0, "audit-eu", "eu");
     let status = reconcile_binding(&ctx, &mut api_server, &object, "Created").await;
     let sibling = headers_binding_json(&vhost.0, "audit-ap", "ap");
@@ -382,7 +391,7 @@ fn queue_json(deleting_since: Option<jiff::Timestamp>) -> Value {
 
 #[tokio::test]
 async fn an_unreachable_broker_is_ready_false_and_retried_with_growing_backoff() {
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), Settings::default());
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
     let object = queue_json(None);
     let queue: Arc<Queue> = typed(&object);
     let task = tokio::spawn(reconcile(queue.clone(), ctx.clone()));

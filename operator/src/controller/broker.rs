@@ -63,7 +63,7 @@ pub(super) fn memory_key(broker: &Broker) -> String {
 /// A management API client for `broker`, with credentials from its Secret, read again when the
 /// last read is older than the Secret poll (which notices a change within that time anyway).
 pub(super) async fn connect(ctx: &Context, broker: &Broker) -> Result<Arc<dyn ManagementApi>> {
-    match ctx.recent_connection(&memory_key(broker)) {
+    match ctx.recent_connection(&memory_key(broker), broker.meta().generation) {
         Some(connection) => ctx.connector.connect(&connection),
         None => connect_fresh(ctx, broker).await,
     }
@@ -73,7 +73,7 @@ pub(super) async fn connect(ctx: &Context, broker: &Broker) -> Result<Arc<dyn Ma
 /// credential at once.
 async fn connect_fresh(ctx: &Context, broker: &Broker) -> Result<Arc<dyn ManagementApi>> {
     let connection = broker_connection(&ctx.client, broker).await?;
-    ctx.remember(&memory_key(broker), &connection);
+    ctx.remember(&memory_key(broker), broker.meta().generation, &connection);
     ctx.connector.connect(&connection)
 }
 

@@ -208,6 +208,18 @@ fn utf8_key(secret: &Secret, namespace: &str, name: &str, field: &str) -> Result
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_client_of_one_management_url_shares_one_limit() {
+        let connector = HttpConnector::with_limits(3, 0);
+        let (a, b) = (
+            connector.limit_of("http://rabbitmq.example:15672"),
+            connector.limit_of("http://rabbitmq.example:15672/"),
+        );
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = connector.limit_of("http://elsewhere:15672");
+        assert!(!Arc::ptr_eq(&a, &other));
+    }
+
     fn connection(password: &str) -> BrokerConnection {
         BrokerConnection::new(
             "http://rabbitmq.example:15672",

@@ -73,6 +73,15 @@ impl Default for Settings {
     }
 }
 
+/// A Broker's connection as last assembled.
+struct Remembered {
+    /// When its Secrets were read.
+    read: Instant,
+    /// The Broker's generation then: a changed spec (URL, Secret names) reads them again.
+    generation: Option<i64>,
+    connection: BrokerConnection,
+}
+
 /// Shared state of all controllers.
 pub struct Context {
     /// Kubernetes client.
@@ -96,7 +105,7 @@ pub struct Context {
     /// Secrets were read: reconciles within `secret_poll` of that reuse it instead of reading the
     /// Secrets again, and cleanup still reaches RabbitMQ when a namespace deletion removed the
     /// credentials Secret first.
-    remembered: Mutex<HashMap<String, (Instant, BrokerConnection)>>,
+    remembered: Mutex<HashMap<String, Remembered>>,
     /// Bulk read-backs of RabbitMQ, shared by the reconciles of one vhost.
     pub snapshots: Snapshots,
 }
@@ -147,12 +156,18 @@ impl Context {
         self.workers.subscribe()
     }
 
-    /// Remembers how `broker` (namespace/name/uid) was last reached, its Secrets read just now.
-    pub fn remember(&self, broker: &str, connection: &BrokerConnection) {
+    /// Remembers how `broker` (namespace/name/uid) at `generation` was last reached, its
+    /// Secrets read just now.
+    pub fn remember(&self, broker: &str, generation: Option<i64>, connection: &BrokerConnection) {
+        let remembered = Remembered {
+            read: Instant::now(),
+            generation,
+            connection: connection.clone(),
+        };
         self.remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(broker.to_owned(), (Instant::now(), connection.clone()));
+            .insert(broker.to_owned(), remembered);
     }
 
     /// How `broker` was last reached, if it ever was by this process.
@@ -161,32 +176,36 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(broker)
-            .map(|(_, connection)| connection.clone())
+            .map(|remembered| remembered.connection.clone())
     }
 
-    /// How `broker` was last reached, if its Secrets were read within `secret_poll`: the
-    /// poller notices a changed Secret within that time anyway.
-    pub fn recent_connection(&self, broker: &str) -> Option<BrokerConnection> {
+    /// How `broker` at `generation` was last reached, if its Secrets were read within
+    /// `secret_poll`: the poller notices a changed Secret within that time anyway.
+    pub fn recent_connection(
+        &self,
+        broker: &str,
+        generation: Option<i64>,
+    ) -> Option<BrokerConnection> {
         self.remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(broker)
-            .filter(|(read, _)| read.elapsed() < self.settings.secret_poll)
-            .map(|(_, connection)| connection.clone())
+            .filter(|r| r.generation == generation && r.read.elapsed() < self.settings.secret_poll)
+            .map(|remembered| remembered.connection.clone())
     }
 
     /// Makes the next reconcile of `broker`'s dependants read its Secrets again (the broker
     /// refused the credentials, or a Secret changed); cleanup may still use the connection.
     pub fn expire_connection(&self, broker: &str) {
-        if let Some((read, _)) = self
+        if let Some(remembered) = self
             .remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(broker)
         {
-            *read = Instant::now()
+            remembered.read = Instant::now()
                 .checked_sub(self.settings.secret_poll)
-                .unwrap_or(*read);
+                .unwrap_or(remembered.read);
         }
     }
 

@@ -193,3 +193,80 @@ pub async fn publish(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The next call to the mocked API server: method, path and JSON body, answered with the
+    /// body itself and `status`.
+    async fn next(
+        handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        status: u16,
+    ) -> (Method, String, Value) {
+        let (request, send) = match handle.next_request().await {
+            Some(next) => next,
+            None => panic!("no call"),
+        };
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(bytes.to_vec()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        send.send_response(response);
+        (method, path, body)
+    }
+
+    #[tokio::test]
+    async fn a_repeat_counts_on_the_first_events_series_and_a_different_note_is_new() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let recorder = EventRecorder::new(
+            Client::new(service, "ns"),
+            "warren.dev/operator",
+            Some("pod-0".into()),
+        );
+        let regarding = ObjectReference {
+            kind: Some("Queue".into()),
+            name: Some("orders".into()),
+            namespace: Some("ns".into()),
+            ..ObjectReference::default()
+        };
+        let publishing = tokio::spawn(async move {
+            for note in ["refused", "refused", "refused", "other"] {
+                recorder
+                    .publish(&regarding, true, "CleanupFailed", "Delete", note)
+                    .await?;
+            }
+            Ok::<_, kube::Error>(())
+        });
+        let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+        let (method, path, first) = next(&mut handle, 201).await;
+        assert_eq!((method, path.as_str()), (Method::POST, events));
+        assert_eq!(first["type"], "Warning");
+        assert_eq!(first["reportingInstance"], "pod-0");
+        let name = first["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(name.starts_with("orders."), "{name}");
+        for count in [2, 3] {
+            let (method, path, patch) = next(&mut handle, 200).await;
+            assert_eq!((method, path), (Method::PATCH, format!("{events}/{name}")));
+            assert_eq!(patch["series"]["count"], count, "{patch}");
+        }
+        let (method, path, other) = next(&mut handle, 201).await;
+        assert_eq!((method, path.as_str()), (Method::POST, events));
+        assert_eq!(other["note"], "other");
+        assert!(matches!(publishing.await, Ok(Ok(()))));
+    }
+}

@@ -816,7 +816,7 @@ mod tests {
 
     #[test]
     fn a_changed_broker_requeues_everything_on_it_in_its_namespace() {
-        let store = store(vec![
+        let (store, _) = store(vec![
             binding("a", "ns", "local", "x", "q"),
             binding("b", "ns", "remote", "x", "q"),
             binding("c", "other", "local", "x", "q"),

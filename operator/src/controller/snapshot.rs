@@ -197,13 +197,18 @@ impl Snapshots {
             .retain(|(b, _, _), _| b != broker);
     }
 
+    /// The slot of `key`. Listings past their age are dropped on the way: they confirm nothing
+    /// any more, and one of a large vhost is megabytes.
     fn slot(&self, key: Key) -> Slot {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, slot| match slot.try_lock() {
+            Ok(held) => held
+                .as_ref()
+                .is_none_or(|(taken, _)| taken.elapsed() < self.max_age),
+            // Being listed right now.
+            Err(_) => true,
+        });
+        slots.entry(key).or_default().clone()
     }
 }
 

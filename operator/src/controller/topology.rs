@@ -111,16 +111,16 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         },
     };
     let verdict = &converged.verdict;
+    // Refused credentials: read the Secret again next time rather than keep them.
+    if let Err(Error::RabbitMq { status: 401, .. }) = &result
+        && let Some(broker) = cached_broker(ctx, object)
+    {
+        ctx.expire_connection(&broker::memory_key(&broker));
+    }
     // RabbitMQ did not answer (or refused the credentials) for this resource: the Broker's own
     // status must not keep saying Reachable until its next probe.
     // Only while the Broker still says Ready: once it says otherwise, probing it again for
     // every failing dependant would only make its status, and so them, churn.
-    if let Err(Error::RabbitMq { status: 401, .. }) = &result {
-        // Read the Secret again next time rather than keep refused credentials.
-        if let Some(broker) = cached_broker(ctx, object) {
-            ctx.expire_connection(&broker::memory_key(&broker));
-        }
-    }
     if let Err(Error::Transport { .. } | Error::RabbitMq { status: 401, .. }) = &result
         && broker_says_ready(ctx, object)
     {
