@@ -28,12 +28,7 @@ use crate::{Error, Result};
 /// API server.
 pub(super) async fn load(ctx: &Context, namespace: Option<&str>, name: &str) -> Result<Broker> {
     let namespace = namespace.unwrap_or_default();
-    let cached = ctx
-        .stores
-        .all::<Broker>()
-        .into_iter()
-        .find(|b| b.namespace().as_deref() == Some(namespace) && b.name_any() == name);
-    if let Some(broker) = cached {
+    if let Some(broker) = cached(ctx, namespace, name) {
         return Ok(broker.as_ref().clone());
     }
     let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), namespace);
@@ -48,6 +43,14 @@ pub(super) async fn load(ctx: &Context, namespace: Option<&str>, name: &str) -> 
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         })
+}
+
+/// The Broker `name` in `namespace` as the Broker controllers' cache holds it.
+pub(super) fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<Broker>> {
+    ctx.stores
+        .all::<Broker>()
+        .into_iter()
+        .find(|b| b.namespace().as_deref() == Some(namespace) && b.name_any() == name)
 }
 
 /// The key under which a Broker's connection and snapshots are kept: namespace/name/uid.

@@ -42,11 +42,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings for a resync period: snapshots live a quarter of it, at most 10 s.
+    /// The settings for a resync period, with snapshots of [`snapshot_age_for`] it.
     pub fn for_resync(resync: Duration) -> Self {
         Settings {
             resync,
-            snapshot_age: (resync / 4).min(Duration::from_secs(10)),
+            snapshot_age: snapshot_age_for(resync),
             ..Settings::default()
         }
     }
@@ -60,15 +60,21 @@ impl Settings {
     }
 }
 
+/// How long a snapshot confirms for a resync period: a quarter of it, at most 10 s.
+fn snapshot_age_for(resync: Duration) -> Duration {
+    (resync / 4).min(Duration::from_secs(10))
+}
+
 impl Default for Settings {
     fn default() -> Self {
+        let resync = Duration::from_secs(60);
         Settings {
-            resync: Duration::from_secs(60),
+            resync,
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             cleanup_grace: Duration::from_secs(600),
             secret_poll: Duration::from_secs(5),
-            snapshot_age: Duration::from_secs(6),
+            snapshot_age: snapshot_age_for(resync),
         }
     }
 }

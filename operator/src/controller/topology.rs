@@ -185,10 +185,8 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
 
 /// The Broker `object` names, from the controllers' cache.
 fn cached_broker<K: TopologyKind>(ctx: &Context, object: &K) -> Option<Arc<Broker>> {
-    ctx.stores
-        .all::<Broker>()
-        .into_iter()
-        .find(|b| b.namespace() == object.namespace() && b.name_any() == object.broker_ref().name)
+    let namespace = object.namespace().unwrap_or_default();
+    broker::cached(ctx, &namespace, &object.broker_ref().name)
 }
 
 /// Whether the cached Broker `object` names has Ready=True (unknown counts as Ready).
