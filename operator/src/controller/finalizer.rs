@@ -50,7 +50,10 @@ where
         return Ok(action);
     }
     if !has_finalizer {
-        add(api, &object).await?;
+        // Carry on with the object as stored now: its status apply is conditional on the
+        // resourceVersion, which adding the finalizer moved on.
+        let added = add(api, &object).await?;
+        return step(Step::Apply(Arc::new(added))).await;
     }
     step(Step::Apply(object)).await
 }
@@ -64,7 +67,7 @@ fn describe<K: Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
-async fn add<K>(api: &Api<K>, object: &K) -> Result<()>
+async fn add<K>(api: &Api<K>, object: &K) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -82,8 +85,7 @@ where
     .map_err(|source| Error::Kube {
         action: format!("add finalizer {FINALIZER} to {}", describe(object)),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 /// Removes Warren's entry; when the object changed meanwhile (the entry moved), reads it again

@@ -130,6 +130,11 @@ impl Verdict {
     }
 }
 
+/// Whether a status apply was refused because the object it was worked out from is stale.
+pub fn is_stale(error: &Error) -> bool {
+    matches!(error, Error::Kube { source: kube::Error::Api(status), .. } if status.code == 409)
+}
+
 /// Applies `status` through `api` (the object's namespace) unless the object already has exactly
 /// that status: a reconcile that changes nothing writes nothing, so it neither bumps the
 /// resourceVersion nor wakes the controller's own watch.
@@ -145,9 +150,13 @@ where
         return Ok(());
     }
     let name = object.name_any();
+    // The resourceVersion makes the apply conditional: a status worked out from a cached object
+    // older than the stored one (a reconcile woken before the watch delivered Warren's own last
+    // write) is refused with 409 instead of overwriting what that write recorded.
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": {"resourceVersion": object.meta().resource_version},
         "status": status,
     });
     api.patch_status(

@@ -29,6 +29,9 @@ use crate::{Error, Result, error_chain};
 /// or come at any moment; watches catch most of it, this catches the rest).
 const RECHECK: Duration = Duration::from_secs(10);
 
+/// How soon a reconcile whose cached object turned out stale looks again.
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
 /// Reconciles one topology resource: adds the finalizer, then converges or cleans up.
 pub async fn reconcile<K: TopologyKind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -143,7 +146,11 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         converged.created.as_ref(),
     );
     record_metrics(ctx, object, verdict.ready, &new_status);
-    status::apply(api, object, new_status).await?;
+    match status::apply(api, object, new_status).await {
+        // Worked out from a stale cached object: look again in a moment, with the fresh one.
+        Err(error) if status::is_stale(&error) => return Ok(Action::requeue(STALE_RETRY)),
+        other => other?,
+    }
     if announce {
         tracing::info!(
             kind = %K::kind(&()),
