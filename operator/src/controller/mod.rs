@@ -17,6 +17,7 @@ mod operator;
 pub mod reason;
 mod secrets;
 mod server;
+mod shared;
 mod snapshot;
 mod status;
 mod topology;

@@ -6,8 +6,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use kube::api::ListParams;
 use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
@@ -20,6 +20,7 @@ use super::kinds::TopologyKind;
 use super::leader::{LeaderElector, Leadership};
 use super::metrics::Metrics;
 use super::server::{Probes, router};
+use super::shared::{self, SharedWatch};
 use super::{broker, topology};
 use crate::crd::{Binding, Broker, DestinationType, Exchange, Policy, Queue, Worker};
 use crate::{Error, Result};
@@ -367,8 +368,8 @@ async fn lead(
     outcome
 }
 
-/// Runs every controller (Broker, Exchange, Queue, Policy, Binding) for every scope (`None`: all
-/// namespaces) until `stop` is cancelled; running reconciles finish first.
+/// Runs every controller (Broker, Exchange, Queue, Policy, Binding, Worker) for every scope
+/// (`None`: all namespaces) until `stop` is cancelled; running reconciles finish first.
 pub async fn run_controllers(
     ctx: Arc<Context>,
     scopes: &[Option<String>],
@@ -380,39 +381,27 @@ pub async fn run_controllers(
     controllers.push(super::secrets::poll_broker_secrets(ctx.clone(), stop.clone()).boxed());
     for scope in scopes {
         let client = &ctx.client;
-        let brokers = Controller::new(
-            scoped::<Broker>(client, scope),
-            watcher::Config::default().any_semantic(),
-        );
+        // One watch per kind, shared by every controller that looks at it.
+        let mut brokers = SharedWatch::new(scoped::<Broker>(client, scope));
+        let mut exchanges = SharedWatch::new(scoped::<Exchange>(client, scope));
+        let mut queues = SharedWatch::new(scoped::<Queue>(client, scope));
+        let mut bindings = SharedWatch::new(scoped::<Binding>(client, scope));
+        let mut policies = SharedWatch::new(scoped::<Policy>(client, scope));
         ctx.stores.add(brokers.store());
+
+        let broker_controller = Controller::for_shared_stream(brokers.subscribe(), brokers.store())
+            // Probed again at once when a dependant cannot reach RabbitMQ or a Secret it reads
+            // changed.
+            .reconcile_on(requests_in(ctx.broker_probes(), scope))
+            // A deleted Broker waits for these; their deletion is its cue to look again.
+            .watches_shared_stream(exchanges.subscribe_on(deleting), deleting_dependent)
+            .watches_shared_stream(queues.subscribe_on(deleting), deleting_dependent)
+            .watches_shared_stream(bindings.subscribe_on(deleting), deleting_dependent)
+            .watches_shared_stream(policies.subscribe_on(deleting), deleting_dependent);
         controllers.push(
             drain(
                 "Broker",
-                brokers
-                    // Probed again at once when a dependant cannot reach RabbitMQ or a Secret
-                    // it reads changed.
-                    .reconcile_on(requests_in(ctx.broker_probes(), scope))
-                    // A deleted Broker waits for these; their deletion is its cue to look again.
-                    .watches(
-                        scoped::<Exchange>(client, scope),
-                        watcher::Config::default().any_semantic(),
-                        deleting_dependent::<Exchange>,
-                    )
-                    .watches(
-                        scoped::<Queue>(client, scope),
-                        watcher::Config::default().any_semantic(),
-                        deleting_dependent::<Queue>,
-                    )
-                    .watches(
-                        scoped::<Binding>(client, scope),
-                        watcher::Config::default().any_semantic(),
-                        deleting_dependent::<Binding>,
-                    )
-                    .watches(
-                        scoped::<Policy>(client, scope),
-                        watcher::Config::default().any_semantic(),
-                        deleting_dependent::<Policy>,
-                    )
+                broker_controller
                     .with_config(config.clone())
                     .graceful_shutdown_on(stop.clone().cancelled_owned())
                     .run(
@@ -423,90 +412,138 @@ pub async fn run_controllers(
             )
             .boxed(),
         );
-        controllers.push(topology_controller::<Exchange>(
+        controllers.push(topology_controller(
             &ctx,
-            scope,
+            &mut exchanges,
+            &mut brokers,
             &config,
             &stop,
-            |c, _, _| c,
+            |c| c,
         ));
-        controllers.push(topology_controller::<Queue>(
+        controllers.push(topology_controller(
             &ctx,
-            scope,
+            &mut queues,
+            &mut brokers,
             &config,
             &stop,
-            |c, _, _| c,
+            |c| c,
         ));
-        controllers.push(topology_controller::<Policy>(
+        controllers.push(topology_controller(
             &ctx,
-            scope,
+            &mut policies,
+            &mut brokers,
             &config,
             &stop,
-            |c, _, _| c,
+            |c| c,
         ));
         let index = ctx.stores.claim_index::<Binding>();
-        controllers.push(topology_controller::<Binding>(
+        // A Binding waits for its exchange and queue to exist: it looks again when one of
+        // them changes readiness, not at every message count a Queue's status takes.
+        let (bound_exchanges, bound_queues) = (
+            exchanges.subscribe_on(readiness::<Exchange>),
+            queues.subscribe_on(readiness::<Queue>),
+        );
+        controllers.push(topology_controller(
             &ctx,
-            scope,
+            &mut bindings,
+            &mut brokers,
             &config,
             &stop,
-            move |controller, client, scope| binding_watches(controller, client, scope, index),
+            move |controller| binding_watches(controller, bound_exchanges, bound_queues, index),
         ));
-        controllers.push(worker_controller(&ctx, scope, &config, &stop));
+        controllers.push(worker_controller(
+            &ctx,
+            scope,
+            // A Worker shows its queues' backlog: every Queue change.
+            queues.subscribe(),
+            exchanges.subscribe_on(readiness::<Exchange>),
+            brokers.subscribe(),
+            &config,
+            &stop,
+        ));
+        controllers.push(run_watch(brokers, |_| {}, &stop));
+        controllers.push(run_watch(exchanges, claims(&ctx), &stop));
+        controllers.push(run_watch(queues, claims(&ctx), &stop));
+        controllers.push(run_watch(bindings, claims(&ctx), &stop));
+        controllers.push(run_watch(policies, claims(&ctx), &stop));
     }
     futures::future::join_all(controllers).await;
 }
 
-/// The annotation `kubectl apply` (client-side) keeps the whole applied object in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Runs a shared watch until `stop`; `observe` sees every event first.
+fn run_watch<K>(
+    watch: SharedWatch<K>,
+    observe: impl Fn(&watcher::Event<K>) + Send + 'static,
+    stop: &CancellationToken,
+) -> BoxFuture<'static, ()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let stop = stop.clone();
+    async move { watch.run(&K::kind(&()), observe, stop).await }.boxed()
+}
 
-/// A topology controller that re-queues its resources when their Broker changes; `extra` adds
-/// kind-specific watches (a Binding watches its Exchange and Queue).
+/// Feeds the claim index of `K` (see [`ClaimIndex`]) from its watch.
+fn claims<K: TopologyKind>(ctx: &Context) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+    let index = ctx.stores.claim_index::<K>();
+    move |event| index.observe(event, |object: &K| object.claim_name().to_owned())
+}
+
+/// Key of a dependant for its Broker: whether it is being deleted.
+fn deleting<K: Resource>(object: &K) -> u64 {
+    let meta = object.meta();
+    shared::hash((&meta.uid, meta.deletion_timestamp.is_some()))
+}
+
+/// Key of an exchange or queue for what depends on it (Bindings, Workers): its spec, its
+/// conditions and whether it is being deleted, but not its counts.
+fn readiness<K: TopologyKind>(object: &K) -> u64 {
+    let meta = object.meta();
+    let conditions: Vec<_> = object
+        .conditions()
+        .iter()
+        .map(|c| (&c.type_, &c.status, &c.reason, c.observed_generation))
+        .collect();
+    shared::hash((
+        &meta.uid,
+        meta.generation,
+        meta.deletion_timestamp.is_some(),
+        conditions,
+    ))
+}
+
+/// A topology controller on the shared watch of its kind that re-queues its resources when
+/// their Broker changes; `extra` adds kind-specific watches (a Binding watches its Exchange and
+/// Queue).
 fn topology_controller<K: TopologyKind>(
     ctx: &Arc<Context>,
-    scope: &Option<String>,
+    objects: &mut SharedWatch<K>,
+    brokers: &mut SharedWatch<Broker>,
     config: &ControllerConfig,
     stop: &CancellationToken,
-    extra: impl FnOnce(Controller<K>, &Client, &Option<String>) -> Controller<K>,
+    extra: impl FnOnce(Controller<K>) -> Controller<K>,
 ) -> BoxFuture<'static, ()> {
-    let client = &ctx.client;
+    ctx.stores.add(objects.store());
     // Only spec changes (a new generation; deletion bumps it too) start a reconcile: Warren's own
     // status writes must not, or every Created would be rewritten to InSync a moment later.
-    let (reader, writer) = reflector::store();
-    let objects = watcher(
-        scoped::<K>(client, scope),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    // Nothing reads managedFields or client-side apply's copy of the whole object, and at
-    // 20,000 resources they would be most of the cache.
-    .modify(|object| {
-        object.managed_fields_mut().clear();
-        object.annotations_mut().remove(LAST_APPLIED);
-    })
-    .inspect({
-        let index = ctx.stores.claim_index::<K>();
-        move |event| {
-            if let Ok(event) = event {
-                index.observe(event, |object: &K| object.claim_name().to_owned());
-            }
-        }
-    })
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(predicates::generation, Default::default());
-    ctx.stores.add(reader.clone());
-    let controller = Controller::for_stream(objects, reader);
-    let store = controller.store();
-    let controller = controller.watches(
-        scoped::<Broker>(client, scope),
-        watcher::Config::default().any_semantic(),
-        move |broker: Broker| on_broker(&store, &broker),
+    let controller = Controller::for_shared_stream(
+        objects.subscribe_on(shared::generation::<K>),
+        objects.store(),
     );
+    let store = controller.store();
+    let controller = controller.watches_shared_stream(brokers.subscribe(), move |broker| {
+        on_broker(&store, &broker)
+    });
     let kind = K::kind(&()).into_owned();
     drain(
         kind,
-        extra(controller, client, scope)
+        extra(controller)
             .with_config(config.clone())
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(
@@ -523,6 +560,9 @@ fn topology_controller<K: TopologyKind>(
 fn worker_controller(
     ctx: &Arc<Context>,
     scope: &Option<String>,
+    queues: impl futures::Stream<Item = Arc<Queue>> + Send + 'static,
+    exchanges: impl futures::Stream<Item = Arc<Exchange>> + Send + 'static,
+    brokers: impl futures::Stream<Item = Arc<Broker>> + Send + 'static,
     config: &ControllerConfig,
     stop: &CancellationToken,
 ) -> BoxFuture<'static, ()> {
@@ -548,33 +588,21 @@ fn worker_controller(
                 scoped::<k8s_openapi::api::core::v1::Service>(client, scope),
                 owned,
             )
-            .watches(
-                scoped::<Queue>(client, scope),
-                watcher::Config::default().any_semantic(),
-                move |queue: Queue| {
-                    workers_naming(&for_queues, queue.namespace(), |w| {
-                        w.spec.consumes.contains(&queue.name_any())
-                    })
-                },
-            )
-            .watches(
-                scoped::<Exchange>(client, scope),
-                watcher::Config::default().any_semantic(),
-                move |exchange: Exchange| {
-                    workers_naming(&for_exchanges, exchange.namespace(), |w| {
-                        w.spec.publishes_to.contains(&exchange.name_any())
-                    })
-                },
-            )
-            .watches(
-                scoped::<Broker>(client, scope),
-                watcher::Config::default().any_semantic(),
-                move |broker: Broker| {
-                    workers_naming(&for_brokers, broker.namespace(), |w| {
-                        w.spec.broker_ref.name == broker.name_any()
-                    })
-                },
-            )
+            .watches_shared_stream(queues, move |queue| {
+                workers_naming(&for_queues, queue.namespace(), |w| {
+                    w.spec.consumes.contains(&queue.name_any())
+                })
+            })
+            .watches_shared_stream(exchanges, move |exchange| {
+                workers_naming(&for_exchanges, exchange.namespace(), |w| {
+                    w.spec.publishes_to.contains(&exchange.name_any())
+                })
+            })
+            .watches_shared_stream(brokers, move |broker| {
+                workers_naming(&for_brokers, broker.namespace(), |w| {
+                    w.spec.broker_ref.name == broker.name_any()
+                })
+            })
             .reconcile_on(requests_in(ctx.worker_triggers(), scope))
             .with_config(config.clone())
             .graceful_shutdown_on(stop.clone().cancelled_owned())
@@ -625,7 +653,7 @@ where
 
 /// The Broker a resource being deleted names. Only deletions matter to a Broker (it waits for
 /// them when it is deleted itself); mapping every status change would probe it for nothing.
-fn deleting_dependent<K: TopologyKind>(object: K) -> Option<ObjectRef<Broker>> {
+fn deleting_dependent<K: TopologyKind>(object: Arc<K>) -> Option<ObjectRef<Broker>> {
     object.meta().deletion_timestamp.as_ref()?;
     let namespace = object.namespace()?;
     Some(ObjectRef::new(&object.broker_ref().name).within(&namespace))
@@ -644,23 +672,19 @@ fn on_broker<K: TopologyKind>(store: &Store<K>, broker: &Broker) -> Vec<ObjectRe
 
 fn binding_watches(
     controller: Controller<Binding>,
-    client: &Client,
-    scope: &Option<String>,
+    exchanges: impl futures::Stream<Item = Arc<Exchange>> + Send + 'static,
+    queues: impl futures::Stream<Item = Arc<Queue>> + Send + 'static,
     index: Arc<ClaimIndex>,
 ) -> Controller<Binding> {
     let for_exchanges = controller.store();
     let for_queues = controller.store();
     controller
-        .watches(
-            scoped::<Exchange>(client, scope),
-            watcher::Config::default().any_semantic(),
-            move |exchange: Exchange| bindings_of_exchange(&for_exchanges, &exchange),
-        )
-        .watches(
-            scoped::<Queue>(client, scope),
-            watcher::Config::default().any_semantic(),
-            move |queue: Queue| bindings_of_queue(&for_queues, &index, &queue),
-        )
+        .watches_shared_stream(exchanges, move |exchange| {
+            bindings_of_exchange(&for_exchanges, &exchange)
+        })
+        .watches_shared_stream(queues, move |queue| {
+            bindings_of_queue(&for_queues, &index, &queue)
+        })
 }
 
 /// Bindings whose source (or exchange destination) is `exchange`.
@@ -801,7 +825,7 @@ mod tests {
     fn only_resources_being_deleted_wake_their_broker() {
         let mut deleting = binding("a", "ns", "local", "x", "q");
         assert_eq!(
-            deleting_dependent(deleting.clone()),
+            deleting_dependent(Arc::new(deleting.clone())),
             None,
             "a status change is not news"
         );
@@ -809,7 +833,7 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
         );
         assert_eq!(
-            deleting_dependent(deleting),
+            deleting_dependent(Arc::new(deleting)),
             Some(ObjectRef::new("local").within("ns"))
         );
     }
