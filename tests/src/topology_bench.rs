@@ -244,6 +244,8 @@ pub async fn converge(n: usize) -> Result<Value> {
             line["operator_restart_seconds"] = json!(round(measured.restart_seconds));
             line["operator_restart_api_calls"] = json!(measured.restart.calls);
             line["operator_restart_writes"] = json!(measured.restart.writes);
+            line["operator_api_server_requests"] = json!(measured.api_server_requests);
+            line["operator_api_server_watch_events"] = json!(measured.api_server_watch_events);
         }
         None => line["operator"] = json!("skipped: no envtest assets (scripts/envtest.sh)"),
     }
@@ -338,7 +340,7 @@ pub mod operator {
 
     use anyhow::{Context, Result, bail};
     use futures::StreamExt;
-    use std::collections::HashSet;
+    use std::collections::{BTreeMap, HashSet};
     use std::sync::{Arc, Mutex};
 
     use kube::api::{Patch, PatchParams};
@@ -372,6 +374,70 @@ pub mod operator {
         pub restart: Calls,
         /// How long that took.
         pub restart_seconds: f64,
+        /// The API server's requests during the converge, by `verb resource[/subresource]`
+        /// (its own `apiserver_request_total`; watches excluded).
+        pub api_server_requests: BTreeMap<String, u64>,
+        /// The watch events the API server sent during the converge, by kind
+        /// (`apiserver_watch_events_total`).
+        pub api_server_watch_events: BTreeMap<String, u64>,
+    }
+
+    /// The API server's request and watch-event counters, from its `/metrics`.
+    #[derive(Default)]
+    struct ApiServerCounts {
+        requests: BTreeMap<String, u64>,
+        watch_events: BTreeMap<String, u64>,
+    }
+
+    impl ApiServerCounts {
+        async fn scrape(client: &kube::Client) -> Result<ApiServerCounts> {
+            let request = http::Request::get("/metrics").body(Vec::new())?;
+            let text = client.request_text(request).await?;
+            let mut counts = ApiServerCounts::default();
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some((series, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let value = value.parse::<f64>().unwrap_or_default() as u64;
+                let label = |name: &str| {
+                    series
+                        .split_once(&format!("{name}=\""))
+                        .and_then(|(_, rest)| rest.split_once('"'))
+                        .map(|(value, _)| value.to_owned())
+                        .unwrap_or_default()
+                };
+                if series.starts_with("apiserver_request_total{") {
+                    let verb = label("verb");
+                    if verb == "WATCH" || verb == "CONNECT" {
+                        continue;
+                    }
+                    let mut key = format!("{verb} {}", label("resource"));
+                    let subresource = label("subresource");
+                    if !subresource.is_empty() {
+                        key = format!("{key}/{subresource}");
+                    }
+                    *counts.requests.entry(key).or_default() += value;
+                } else if series.starts_with("apiserver_watch_events_total{") {
+                    *counts.watch_events.entry(label("kind")).or_default() += value;
+                }
+            }
+            Ok(counts)
+        }
+
+        /// What happened since `before`, leaving out what barely happened (the control plane's
+        /// own chatter).
+        fn since(&self, before: &ApiServerCounts, at_least: u64) -> ApiServerCounts {
+            let diff = |now: &BTreeMap<String, u64>, then: &BTreeMap<String, u64>| {
+                now.iter()
+                    .map(|(k, v)| (k.clone(), v.saturating_sub(then.get(k).copied().unwrap_or(0))))
+                    .filter(|(_, v)| *v >= at_least)
+                    .collect()
+            };
+            ApiServerCounts {
+                requests: diff(&self.requests, &before.requests),
+                watch_events: diff(&self.watch_events, &before.watch_events),
+            }
+        }
     }
 
     /// The resync period the benchmark's operator runs with.
@@ -636,6 +702,8 @@ pub mod operator {
         apply_all(&f, &alone.name, &all).await?;
         let apply_alone_seconds = started.elapsed().as_secs_f64();
 
+        let admin = plane.admin().await;
+        let api_server_before = ApiServerCounts::scrape(&admin).await?;
         let watch = ReadyWatch::start(&f, &["Exchange", "Queue", "Binding"]);
         let started = Instant::now();
         f.apply(&[broker]).await;
@@ -658,6 +726,10 @@ pub mod operator {
         let seconds = started.elapsed().as_secs_f64();
         let cpu_seconds = operator.cpu_seconds()?;
         let converged = Calls::scrape(&metrics).await?;
+        // The benchmark's own Ready watch is among the watch events; counts below one per ten
+        // resources are the control plane's own chatter.
+        let api_server =
+            ApiServerCounts::scrape(&admin).await?.since(&api_server_before, n as u64 / 10);
 
         // One resync period with nothing to change: what re-reading RabbitMQ costs.
         tokio::time::sleep(RESYNC).await;
@@ -702,6 +774,8 @@ pub mod operator {
             resync,
             restart,
             restart_seconds,
+            api_server_requests: api_server.requests,
+            api_server_watch_events: api_server.watch_events,
         }))
     }
 }

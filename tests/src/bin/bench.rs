@@ -497,8 +497,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Raw publish → delivery latencies (ms, sorted) of `total` messages published with confirms
-/// at `rate` and consumed with manual acks under consumer tag `tag`.
-async fn raw_latency(bench: &Bench, rate: u64, total: usize, tag: &str) -> Result<Vec<f64>> {
+/// at `rate` and consumed with manual acks under consumer tag `tag`. With `commit`, the consumer
+/// records each message in a durable transaction of its own database before acking it (the
+/// messages that arrived together in one transaction, as Warren's lanes batch them), and the
+/// latency runs to that commit.
+async fn raw_latency(
+    bench: &Bench,
+    rate: u64,
+    total: usize,
+    tag: &str,
+    commit: Option<sqlx::PgPool>,
+) -> Result<Vec<f64>> {
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let (conn, ch) = bench.channel(true).await?;
     let (_consume_ch, mut consumer) = raw_consumer(&conn, tag).await?;
@@ -506,28 +515,56 @@ async fn raw_latency(bench: &Bench, rate: u64, total: usize, tag: &str) -> Resul
     let receiver_sent = sent_at.clone();
     let receiver = tokio::spawn(async move {
         let mut samples = Vec::with_capacity(total);
+        let mut db = match &commit {
+            Some(pool) => Some(pool.acquire().await?),
+            None => None,
+        };
         while samples.len() < total {
-            let Some(Ok(delivery)) = consumer.next().await else {
+            let Some(Ok(first)) = consumer.next().await else {
                 break;
             };
+            let mut batch = vec![first];
+            if let Some(db) = db.as_mut() {
+                use futures::FutureExt as _;
+                use sqlx::Connection as _;
+                while batch.len() < 64 {
+                    match consumer.next().now_or_never() {
+                        Some(Some(Ok(delivery))) => batch.push(delivery),
+                        _ => break,
+                    }
+                }
+                let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::new_v4()).collect();
+                let mut tx = db.begin().await?;
+                sqlx::query(
+                    "INSERT INTO processed_events (consumer, event_id, event_type) \
+                     SELECT 'floor-committed', id, $2 FROM UNNEST($1::uuid[]) AS u(id)",
+                )
+                .bind(&ids)
+                .bind(ROUTING_KEY)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
             let now = Instant::now();
-            let id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default();
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-            if let Some(t) = receiver_sent
-                .lock()
-                .map(|mut m| m.remove(&id))
-                .ok()
-                .flatten()
-            {
-                samples.push((now - t).as_secs_f64() * 1000.0);
+            for delivery in batch {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default();
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                if let Some(t) = receiver_sent
+                    .lock()
+                    .map(|mut m| m.remove(&id))
+                    .ok()
+                    .flatten()
+                {
+                    samples.push((now - t).as_secs_f64() * 1000.0);
+                }
             }
         }
-        samples
+        anyhow::Ok(samples)
     });
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -553,7 +590,7 @@ async fn raw_latency(bench: &Bench, rate: u64, total: usize, tag: &str) -> Resul
             .await?;
         tokio::spawn(confirm);
     }
-    let mut samples = tokio::time::timeout(Duration::from_secs(60), receiver).await??;
+    let mut samples = tokio::time::timeout(Duration::from_secs(60), receiver).await???;
     let _ = conn.close(200, "done".into()).await;
     samples.sort_by(f64::total_cmp);
     Ok(samples)
@@ -602,6 +639,88 @@ async fn durable_commit_load(
     Ok(committed.load(Ordering::Relaxed))
 }
 
+/// Outbox commit → delivery latencies (ms, sorted) through the relay alone: `total` events
+/// committed at `rate` by four producers, the relay publishing them, a raw consumer acking.
+/// Set beside Warren's whole path, it splits the time between the relay and the consumer.
+async fn relay_latency(bench: &Bench, rate: u64, total: usize) -> Result<Vec<f64>> {
+    let (conn, _ch) = bench.channel(false).await?;
+    let (_consume_ch, mut consumer) = raw_consumer(&conn, "bench-latency-relay").await?;
+    let committed_at: Arc<Mutex<HashMap<String, CommitStamp>>> = Arc::default();
+    let stamps = committed_at.clone();
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(total);
+        while samples.len() < total {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
+            let now = Instant::now();
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default();
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            let start = stamps
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(&id))
+                .map(|(sent, returned)| returned.unwrap_or(sent));
+            if let Some(start) = start {
+                samples.push((now - start).as_secs_f64() * 1000.0);
+            }
+        }
+        samples
+    });
+    let metrics = Metrics::new("bench-relay");
+    let stop = CancellationToken::new();
+    let relay_task = tokio::spawn(bench.relay(&metrics).run(stop.clone()));
+    let (tx_jobs, rx_jobs) = async_channel::<Envelope>(total);
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let rx = rx_jobs.clone();
+        let pool = bench.db.pool.clone();
+        let stamps = committed_at.clone();
+        producers.push(tokio::spawn(async move {
+            while let Ok(env) = rx.recv().await {
+                let id = env.event_id.to_string();
+                let mut tx = pool.begin().await?;
+                warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env).await?;
+                if let Ok(mut m) = stamps.lock() {
+                    m.insert(id.clone(), (Instant::now(), None));
+                }
+                tx.commit().await?;
+                let returned = Instant::now();
+                if let Ok(mut m) = stamps.lock()
+                    && let Some(stamp) = m.get_mut(&id)
+                {
+                    stamp.1 = Some(returned);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
+    for i in 0..total {
+        ticker.tick().await;
+        tx_jobs
+            .send(event(products[i % products.len()], i as i64))
+            .await?;
+    }
+    drop(tx_jobs);
+    for p in producers {
+        p.await??;
+    }
+    let mut samples = tokio::time::timeout(Duration::from_secs(60), receiver).await??;
+    stop.cancel();
+    relay_task.await??;
+    let _ = conn.close(200, "done".into()).await;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
 async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> {
     let bench = Bench::new("latency").await;
     let total = (rate * seconds) as usize;
@@ -609,7 +728,7 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
 
     // Baseline: publish with confirms at `rate`, consume with manual ack; publish → delivery.
     let baseline_started = CpuTime::now();
-    let baseline = raw_latency(&bench, rate, total, "bench-latency").await?;
+    let baseline = raw_latency(&bench, rate, total, "bench-latency", None).await?;
     let baseline_cpu = CpuTime::now().per_message_since(baseline_started, total);
     // The floor: the same, while the database makes the two durable commits per event that any
     // outbox and idempotent consumer need (the producer's and the consumer's). Warren does all
@@ -621,10 +740,31 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
         load_stop.clone(),
     ));
     let floor_started = Instant::now();
-    let floor = raw_latency(&bench, rate, total, "bench-latency-floor").await;
+    let floor = raw_latency(&bench, rate, total, "bench-latency-floor", None).await;
     load_stop.cancel();
     let floor_commits = load.await?? as f64 / floor_started.elapsed().as_secs_f64();
     let floor = floor?;
+    // The committed floor: the consumer's commit on the path, as in Warren (the producer's
+    // commits are the load beside it). No outbox, no relay, no idempotency check: what any
+    // consumer that commits before it acks pays on this machine.
+    let load_stop = CancellationToken::new();
+    let load = tokio::spawn(durable_commit_load(
+        bench.db.pool.clone(),
+        rate,
+        load_stop.clone(),
+    ));
+    let committed_floor = raw_latency(
+        &bench,
+        rate,
+        total,
+        "bench-latency-committed",
+        Some(bench.db.pool.clone()),
+    )
+    .await;
+    load_stop.cancel();
+    load.await??;
+    let committed_floor = committed_floor?;
+    let relay = relay_latency(&bench, rate, total).await?;
     sqlx::query("DELETE FROM processed_events")
         .execute(&bench.db.pool)
         .await?;
@@ -716,6 +856,10 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
               "floor_p50": round3(percentile(&floor, 0.50)),
               "floor_p99": round3(percentile(&floor, 0.99)),
               "floor_commits_per_s": round(floor_commits),
+              "committed_floor_p50": round3(percentile(&committed_floor, 0.50)),
+              "committed_floor_p99": round3(percentile(&committed_floor, 0.99)),
+              "relay_p50": round3(percentile(&relay, 0.50)),
+              "relay_p99": round3(percentile(&relay, 0.99)),
               "to_handler_p50": round3(percentile(&to_handler, 0.50)),
               "to_handler_p99": round3(percentile(&to_handler, 0.99)),
               "producer_commit_p50": round3(percentile(&producer_commit, 0.50)),
