@@ -429,7 +429,12 @@ pub mod operator {
         fn since(&self, before: &ApiServerCounts, at_least: u64) -> ApiServerCounts {
             let diff = |now: &BTreeMap<String, u64>, then: &BTreeMap<String, u64>| {
                 now.iter()
-                    .map(|(k, v)| (k.clone(), v.saturating_sub(then.get(k).copied().unwrap_or(0))))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.saturating_sub(then.get(k).copied().unwrap_or(0)),
+                        )
+                    })
                     .filter(|(_, v)| *v >= at_least)
                     .collect()
             };
@@ -728,8 +733,9 @@ pub mod operator {
         let converged = Calls::scrape(&metrics).await?;
         // The benchmark's own Ready watch is among the watch events; counts below one per ten
         // resources are the control plane's own chatter.
-        let api_server =
-            ApiServerCounts::scrape(&admin).await?.since(&api_server_before, n as u64 / 10);
+        let api_server = ApiServerCounts::scrape(&admin)
+            .await?
+            .since(&api_server_before, n as u64 / 10);
 
         // One resync period with nothing to change: what re-reading RabbitMQ costs.
         tokio::time::sleep(RESYNC).await;

@@ -70,28 +70,52 @@ async fn outbox_feeds_consumer_end_to_end_in_aggregate_order() {
 async fn the_same_event_delivered_twice_is_applied_once() {
     let mut h = Harness::start("dup").await;
     h.spawn_consumer();
-    let env = Envelope::new(
-        warren_messaging::Event::StockReplenished(warren_messaging::events::StockReplenished {
-            product_id: Uuid::new_v4(),
-            quantity_added: warren_messaging::events::Quantity::new(3).unwrap(),
-            new_stock_level: 7,
-        }),
-        "test-service",
-        "corr-dup",
-    );
+    let product = Uuid::new_v4();
+    let replenished = |level| {
+        Envelope::new(
+            warren_messaging::Event::StockReplenished(warren_messaging::events::StockReplenished {
+                product_id: product,
+                quantity_added: warren_messaging::events::Quantity::new(3).unwrap(),
+                new_stock_level: level,
+            }),
+            "test-service",
+            "corr-dup",
+        )
+    };
+    let env = replenished(7);
     let body = env.to_json();
     let id = env.event_id.to_string();
     h.vhost
         .publish(INVENTORY_EXCHANGE, env.event_type(), &body, Some(&id))
         .await;
+    eventually(WAIT, "the first delivery applied", || async {
+        h.effects_of(env.event_id).await == 1
+    })
+    .await;
+    // Alone, so it is found a duplicate on the one-event path (its failed insert rolled back).
     h.vhost
         .publish(INVENTORY_EXCHANGE, env.event_type(), &body, Some(&id))
         .await;
-    eventually(WAIT, "both deliveries handled", || async {
+    eventually(WAIT, "the second delivery skipped", || async {
         h.metrics.encode().contains("status=\"duplicate\"} 1")
     })
     .await;
     assert_eq!(h.effects_of(env.event_id).await, 1);
+    // The same aggregate's lane, on the same connection, goes on applying new events.
+    let next = replenished(10);
+    let next_id = next.event_id.to_string();
+    h.vhost
+        .publish(
+            INVENTORY_EXCHANGE,
+            next.event_type(),
+            &next.to_json(),
+            Some(&next_id),
+        )
+        .await;
+    eventually(WAIT, "the next event applied", || async {
+        h.effects_of(next.event_id).await == 1
+    })
+    .await;
     assert_eq!(
         h.vhost.ready_messages(ORDERS_INVENTORY_EVENTS_QUEUE).await,
         0

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -13,6 +13,7 @@ use crate::metrics::EventTypeLabels;
 use crate::retry::HandlerError;
 
 use super::session::Item;
+use super::sql::begin_recording;
 use super::{EventHandler, IdempotentConsumer, record_processed};
 
 /// What became of one item in the database.
@@ -142,11 +143,33 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         conn: &mut PgConnection,
         env: &Envelope,
     ) -> std::result::Result<Handled, sqlx::Error> {
-        let mut tx = conn.begin().await?;
-        if !record_processed(&mut tx, &self.config.queue, env.event_id, env.event_type()).await? {
-            tx.rollback().await?;
-            return Ok(Handled::Duplicate);
+        let Some(statement) = begin_recording(&self.config.queue, env.event_id, env.event_type())
+        else {
+            let mut tx = conn.begin().await?;
+            if !record_processed(&mut tx, &self.config.queue, env.event_id, env.event_type())
+                .await?
+            {
+                tx.rollback().await?;
+                return Ok(Handled::Duplicate);
+            }
+            return self.apply(tx, env).await;
+        };
+        match conn.begin_with(AssertSqlSafe(statement)).await {
+            Ok(tx) => return self.apply(tx, env).await,
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {}
+            Err(err) => return Err(err),
         }
+        // A duplicate: the failed transaction is still open on the server.
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        Ok(Handled::Duplicate)
+    }
+
+    /// Runs the handler in `tx`, where the event is recorded, and commits its effect.
+    async fn apply(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        env: &Envelope,
+    ) -> std::result::Result<Handled, sqlx::Error> {
         let started = Instant::now();
         let result = self
             .handler
