@@ -227,6 +227,56 @@ async fn a_binding_to_a_missing_queue_waits_quietly_with_rabbitmqs_text() {
     api_server.assert_idle();
 }
 
+#[tokio::test]
+async fn a_new_binding_whose_queue_resource_is_on_its_way_writes_nothing_until_the_queue_settles() {
+    let vhost = Vhost::new("on-its-way").await;
+    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
+    // The Queue resource the Binding points at, known to the controllers' cache: without a
+    // status yet (on its way), then Ready for its generation (settled), though RabbitMQ still
+    // has no such queue in either case.
+    let queue_spec = json!({"brokerRef": {"name": "local"}, "vhost": vhost.0,
+                            "name": "inventory.order_events"});
+    let pending = resource("Queue", "order-events-queue", queue_spec, true, None);
+    let mut settled = pending.clone();
+    settled["status"] = json!({"observedGeneration": 2, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "Created", "message": "created",
+        "observedGeneration": 2, "lastTransitionTime": "2026-12-04T00:00:00Z"}]});
+    let (store, mut writer) = kube::runtime::reflector::store::<Queue>();
+    ctx.stores.add(store);
+    let index = ctx.stores.claim_index::<Queue>();
+    let mut cache = |queue: &Value| {
+        let event = kube::runtime::watcher::Event::Apply(typed::<Queue>(queue).as_ref().clone());
+        writer.apply_watcher_event(&event);
+        index.observe(&event, |q: &Queue| q.spec.name.clone());
+    };
+    let object = binding_json(&vhost.0, false);
+
+    cache(&pending);
+    let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
+    api_server
+        .broker_and_secret(&controller_support::broker(&management_url()), &secret())
+        .await;
+    assert_eq!(
+        finish(task).await.ok(),
+        Some(kube::runtime::controller::Action::requeue(
+            Duration::from_secs(10)
+        )),
+    );
+    // No Waiting status and no Event: the Queue's readiness wakes the Binding.
+    api_server.assert_idle();
+
+    cache(&settled);
+    let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
+    api_server
+        .broker_and_secret(&controller_support::broker(&management_url()), &secret())
+        .await;
+    let status = api_server.status(BINDINGS, &object).await;
+    assert_eq!(ready(&status)["reason"], "Waiting", "{status}");
+    assert_eq!(api_server.event().await["reason"], "Waiting");
+    assert!(finish(task).await.is_ok());
+    api_server.assert_idle();
+}
+
 /// A Binding from the headers exchange `orders.headers` to the queue `audit` (empty routing
 /// key), matching messages whose `region` header is `region`.
 fn headers_binding_json(vhost: &str, name: &str, region: &str) -> Value {

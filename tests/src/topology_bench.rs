@@ -418,7 +418,11 @@ pub mod operator {
                     }
                     *counts.requests.entry(key).or_default() += value;
                 } else if series.starts_with("apiserver_watch_events_total{") {
-                    *counts.watch_events.entry(label("kind")).or_default() += value;
+                    // `resource` on recent API servers, `kind` on older ones.
+                    let resource = Some(label("resource"))
+                        .filter(|r| !r.is_empty())
+                        .unwrap_or_else(|| label("kind"));
+                    *counts.watch_events.entry(resource).or_default() += value;
                 }
             }
             Ok(counts)

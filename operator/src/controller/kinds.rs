@@ -216,7 +216,10 @@ impl TopologyKind for Queue {
             .map_or(&[][..], |s| s.conditions.as_slice())
     }
 
-    /// Counters come from RabbitMQ; absent ones (no stats emitted yet) stay absent, not zero.
+    /// Counters come from RabbitMQ; absent ones (no stats emitted yet) stay absent, not zero,
+    /// except for a queue this reconcile created: it had none of either a moment ago, and
+    /// RabbitMQ only reports them after its next stats interval, which would cost every new
+    /// Queue a second status write.
     fn status(
         &self,
         conditions: Vec<Condition>,
@@ -232,8 +235,12 @@ impl TopologyKind for Queue {
         serde_json::to_value(QueueStatus {
             observed_generation: generation,
             conditions,
-            messages: live.and_then(|q| q.messages),
-            consumers: live.and_then(|q| q.consumers),
+            messages: live
+                .and_then(|q| q.messages)
+                .or(created.is_some().then_some(0)),
+            consumers: live
+                .and_then(|q| q.consumers)
+                .or(created.is_some().then_some(0)),
             created: created_record(
                 created,
                 self.status.as_ref().and_then(|s| s.created.as_ref()),
