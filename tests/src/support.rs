@@ -161,6 +161,22 @@ impl Management {
             .await;
     }
 
+    /// Publishes `payload` straight into queue `name` (through the default exchange).
+    pub async fn publish_to_queue(&self, vhost: &str, name: &str, payload: &str) {
+        let (status, text) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("exchanges/{}/amq.default/publish", enc(vhost)),
+                Some(serde_json::json!({"properties": {}, "routing_key": name,
+                    "payload": payload, "payload_encoding": "string"})),
+            )
+            .await;
+        assert!(
+            status == 200 && text.contains("\"routed\":true"),
+            "publish into {name}: {status} {text}"
+        );
+    }
+
     /// Declares an exchange.
     pub async fn declare_exchange(&self, vhost: &str, name: &str, kind: &str) {
         self.ok(

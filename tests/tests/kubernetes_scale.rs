@@ -38,8 +38,29 @@ async fn a_restart_reads_rabbitmq_back_in_listings_and_a_hand_deleted_queue_retu
     f.wait_all_ready(&queues).await;
     assert!(first.stop().await.is_ok());
 
-    // Right after its creation a queue has no statistics yet, so no status shows a count: once
-    // every one does, the new operator has reconciled them all.
+    // A message in every queue while no operator runs, RabbitMQ's statistics showing it before
+    // the next operator starts: once every status counts it, that operator has reconciled them
+    // all, with the counts from its listings.
+    let mgmt = management();
+    for i in 0..N {
+        mgmt.publish_to_queue(&f.vhost.name, &format!("scale.q{i}"), "waiting")
+            .await;
+    }
+    let listing = format!(
+        "queues/{}?columns=name,messages",
+        urlencoding::encode(&f.vhost.name)
+    );
+    warren_tests::support::eventually(
+        Duration::from_secs(30),
+        "RabbitMQ's statistics to count the messages",
+        || async {
+            let queues = mgmt.get(&listing).await;
+            queues
+                .as_array()
+                .is_some_and(|q| q.len() == N && q.iter().all(|q| q["messages"] == 1))
+        },
+    )
+    .await;
     let connector = Arc::new(HttpConnector::default());
     let second = f
         .start_operator_through(
@@ -54,7 +75,7 @@ async fn a_restart_reads_rabbitmq_back_in_listings_and_a_hand_deleted_queue_retu
             &format!("q{i}"),
             "messages from the listing",
             Duration::from_secs(60),
-            |q| q.is_some_and(|q| q["status"]["messages"] == 0 && q["status"]["consumers"] == 0),
+            |q| q.is_some_and(|q| q["status"]["messages"] == 1 && q["status"]["consumers"] == 0),
         )
         .await;
     }
@@ -72,7 +93,6 @@ async fn a_restart_reads_rabbitmq_back_in_listings_and_a_hand_deleted_queue_retu
         "{table}"
     );
 
-    let mgmt = management();
     mgmt.delete_queue(&f.vhost.name, "scale.q7").await;
     let deleted = Instant::now();
     let deadline = Duration::from_secs(RESYNC_SECONDS + 4);
