@@ -36,8 +36,9 @@ type Key<K> = Box<dyn Fn(&K) -> u64 + Send + Sync>;
 struct Subscriber<K: Resource<DynamicType = ()>> {
     sender: mpsc::Sender<Arc<K>>,
     key: Option<Key<K>>,
-    /// The key each object had when last passed on (only with `key`).
-    seen: HashMap<ObjectRef<K>, u64>,
+    /// The key each object (by [`identity`]) had when last passed on (only with `key`):
+    /// 16 bytes an object, as there are several such subscribers per kind.
+    seen: HashMap<u64, u64>,
 }
 
 impl<K: Resource<DynamicType = ()>> Subscriber<K> {
@@ -45,8 +46,14 @@ impl<K: Resource<DynamicType = ()>> Subscriber<K> {
     fn wants(&mut self, object: &K) -> bool {
         let Some(key) = &self.key else { return true };
         let value = key(object);
-        self.seen.insert(ObjectRef::from_obj(object), value) != Some(value)
+        self.seen.insert(identity(object), value) != Some(value)
     }
+}
+
+/// An object's namespace and name, hashed.
+fn identity<K: Resource>(object: &K) -> u64 {
+    let meta = object.meta();
+    hash((&meta.namespace, &meta.name))
 }
 
 /// The watch of one kind in one scope, before it runs: subscribe, then [`SharedWatch::run`].
@@ -156,10 +163,12 @@ where
                 Ok(watcher::Event::InitDone) => {
                     let listed = store.state();
                     // Objects deleted while the watch was away never had their Delete.
+                    let present: std::collections::HashSet<u64> = listed
+                        .iter()
+                        .map(|object| identity(object.as_ref()))
+                        .collect();
                     for subscriber in &mut subscribers {
-                        subscriber
-                            .seen
-                            .retain(|reference, _| store.get(reference).is_some());
+                        subscriber.seen.retain(|id, _| present.contains(id));
                     }
                     for object in listed {
                         tell(&mut subscribers, &object, false).await;
@@ -188,9 +197,7 @@ async fn tell<K: Resource<DynamicType = ()>>(
     let mut gone = false;
     for subscriber in subscribers.iter_mut() {
         let news = if deleted {
-            subscriber
-                .seen
-                .remove(&ObjectRef::from_obj(object.as_ref()));
+            subscriber.seen.remove(&identity(object.as_ref()));
             true
         } else {
             subscriber.wants(object)
