@@ -204,10 +204,12 @@ pub struct QueueStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
-    /// Messages in the queue (ready and unacknowledged); absent until RabbitMQ reports it.
+    /// Messages in the queue (ready and unacknowledged); absent until RabbitMQ reports it (0
+    /// when Warren has just created the queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<i64>,
-    /// Consumers attached; absent until RabbitMQ reports it.
+    /// Consumers attached; absent until RabbitMQ reports it (0 when Warren has just created
+    /// the queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<i64>,
     /// The queue as Warren created it (absent when Warren found it already there): deleting the
