@@ -639,62 +639,41 @@ async fn durable_commit_load(
     Ok(committed.load(Ordering::Relaxed))
 }
 
-/// Outbox commit → delivery latencies (ms, sorted) through the relay alone: `total` events
-/// committed at `rate` by four producers, the relay publishing them, a raw consumer acking.
-/// Set beside Warren's whole path, it splits the time between the relay and the consumer.
-async fn relay_latency(bench: &Bench, rate: u64, total: usize) -> Result<Vec<f64>> {
-    let (conn, _ch) = bench.channel(false).await?;
-    let (_consume_ch, mut consumer) = raw_consumer(&conn, "bench-latency-relay").await?;
-    let committed_at: Arc<Mutex<HashMap<String, CommitStamp>>> = Arc::default();
-    let stamps = committed_at.clone();
-    let receiver = tokio::spawn(async move {
-        let mut samples = Vec::with_capacity(total);
-        while samples.len() < total {
-            let Some(Ok(delivery)) = consumer.next().await else {
-                break;
-            };
-            let now = Instant::now();
-            let id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default();
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-            let start = stamps
-                .lock()
-                .ok()
-                .and_then(|mut m| m.remove(&id))
-                .map(|(sent, returned)| returned.unwrap_or(sent));
-            if let Some(start) = start {
-                samples.push((now - start).as_secs_f64() * 1000.0);
-            }
-        }
-        samples
-    });
-    let metrics = Metrics::new("bench-relay");
-    let stop = CancellationToken::new();
-    let relay_task = tokio::spawn(bench.relay(&metrics).run(stop.clone()));
+/// Commits `total` events into the outbox at `rate` from four producers, as a service's request
+/// handlers would (one slow commit does not hold back the offered load), noting in `stamps`
+/// when each event's COMMIT was sent and when it returned. Returns how long the commits took
+/// (ms).
+async fn produce_events(
+    pool: &sqlx::PgPool,
+    rate: u64,
+    total: usize,
+    stamps: &Arc<Mutex<HashMap<Uuid, CommitStamp>>>,
+) -> Result<Vec<f64>> {
+    let commit_times: Arc<Mutex<Vec<f64>>> = Arc::default();
     let (tx_jobs, rx_jobs) = async_channel::<Envelope>(total);
     let mut producers = Vec::new();
     for _ in 0..4 {
         let rx = rx_jobs.clone();
-        let pool = bench.db.pool.clone();
-        let stamps = committed_at.clone();
+        let pool = pool.clone();
+        let stamps = stamps.clone();
+        let commit_times = commit_times.clone();
         producers.push(tokio::spawn(async move {
             while let Ok(env) = rx.recv().await {
-                let id = env.event_id.to_string();
                 let mut tx = pool.begin().await?;
                 warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env).await?;
+                let sent = Instant::now();
                 if let Ok(mut m) = stamps.lock() {
-                    m.insert(id.clone(), (Instant::now(), None));
+                    m.insert(env.event_id, (sent, None));
                 }
                 tx.commit().await?;
                 let returned = Instant::now();
                 if let Ok(mut m) = stamps.lock()
-                    && let Some(stamp) = m.get_mut(&id)
+                    && let Some(stamp) = m.get_mut(&env.event_id)
                 {
                     stamp.1 = Some(returned);
+                }
+                if let Ok(mut c) = commit_times.lock() {
+                    c.push((returned - sent).as_secs_f64() * 1000.0);
                 }
             }
             anyhow::Ok(())
@@ -713,6 +692,46 @@ async fn relay_latency(bench: &Bench, rate: u64, total: usize) -> Result<Vec<f64
     for p in producers {
         p.await??;
     }
+    let taken = commit_times.lock().map(|c| c.clone()).unwrap_or_default();
+    Ok(taken)
+}
+
+/// Outbox commit → delivery latencies (ms, sorted) through the relay alone: `total` events
+/// committed at `rate` by four producers, the relay publishing them, a raw consumer acking.
+/// Set beside Warren's whole path, it splits the time between the relay and the consumer.
+async fn relay_latency(bench: &Bench, rate: u64, total: usize) -> Result<Vec<f64>> {
+    let (conn, _ch) = bench.channel(false).await?;
+    let (_consume_ch, mut consumer) = raw_consumer(&conn, "bench-latency-relay").await?;
+    let committed_at: Arc<Mutex<HashMap<Uuid, CommitStamp>>> = Arc::default();
+    let stamps = committed_at.clone();
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(total);
+        while samples.len() < total {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
+            let now = Instant::now();
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|s| Uuid::parse_str(s.as_str()).ok());
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            let start = stamps
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(&id?))
+                .map(|(sent, returned)| returned.unwrap_or(sent));
+            if let Some(start) = start {
+                samples.push((now - start).as_secs_f64() * 1000.0);
+            }
+        }
+        samples
+    });
+    let metrics = Metrics::new("bench-relay");
+    let stop = CancellationToken::new();
+    let relay_task = tokio::spawn(bench.relay(&metrics).run(stop.clone()));
+    produce_events(&bench.db.pool, rate, total, &committed_at).await?;
     let mut samples = tokio::time::timeout(Duration::from_secs(60), receiver).await??;
     stop.cancel();
     relay_task.await??;
@@ -724,7 +743,6 @@ async fn relay_latency(bench: &Bench, rate: u64, total: usize) -> Result<Vec<f64
 async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> {
     let bench = Bench::new("latency").await;
     let total = (rate * seconds) as usize;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
 
     // Baseline: publish with confirms at `rate`, consume with manual ack; publish → delivery.
     let baseline_started = CpuTime::now();
@@ -773,7 +791,6 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     let metrics = Metrics::new("bench");
     let handled = StampingHandler::default();
     let (committed_at, samples) = (handled.committed_at.clone(), handled.samples.clone());
-    let producer_commits: Arc<Mutex<Vec<f64>>> = Arc::default();
     let consumer = IdempotentConsumer::new(
         bench.db.pool.clone(),
         bench.consumer_config(),
@@ -784,50 +801,7 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     let stop = CancellationToken::new();
     let consumer_task = tokio::spawn(consumer.run(stop.clone()));
     let relay_task = tokio::spawn(bench.relay(&metrics).run(stop.clone()));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
-    // A few producers, as a service's request handlers would be, so one slow commit does not
-    // hold back the offered load.
-    let (tx_jobs, rx_jobs) = async_channel(total);
-    let mut producers = Vec::new();
-    for _ in 0..4 {
-        let rx = rx_jobs.clone();
-        let pool = bench.db.pool.clone();
-        let commits = committed_at.clone();
-        let commit_times = producer_commits.clone();
-        producers.push(tokio::spawn(async move {
-            while let Ok(env) = rx.recv().await {
-                let mut tx = pool.begin().await?;
-                warren_messaging::enqueue(&mut tx, INVENTORY_EXCHANGE, &env).await?;
-                let sent = Instant::now();
-                if let Ok(mut m) = commits.lock() {
-                    m.insert(env.event_id, (sent, None));
-                }
-                tx.commit().await?;
-                let returned = Instant::now();
-                if let Ok(mut m) = commits.lock()
-                    && let Some(stamp) = m.get_mut(&env.event_id)
-                {
-                    stamp.1 = Some(returned);
-                }
-                if let Ok(mut c) = commit_times.lock() {
-                    c.push((returned - sent).as_secs_f64() * 1000.0);
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for i in 0..total {
-        ticker.tick().await;
-        tx_jobs
-            .send(event(products[i % products.len()], i as i64))
-            .await?;
-    }
-    drop(tx_jobs);
-    for p in producers {
-        p.await??;
-    }
+    let mut producer_commit = produce_events(&bench.db.pool, rate, total, &committed_at).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while samples.lock().map(|s| s.len()).unwrap_or(0) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -839,10 +813,6 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     let taken = samples.lock().map(|s| s.clone()).unwrap_or_default();
     let mut warren: Vec<f64> = taken.iter().map(|(total, _)| *total).collect();
     let mut to_handler: Vec<f64> = taken.iter().map(|(_, part)| *part).collect();
-    let mut producer_commit = producer_commits
-        .lock()
-        .map(|c| c.clone())
-        .unwrap_or_default();
     warren.sort_by(f64::total_cmp);
     to_handler.sort_by(f64::total_cmp);
     producer_commit.sort_by(f64::total_cmp);
