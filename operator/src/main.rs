@@ -6,6 +6,13 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use warren_operator::cli::{self, ApplyOptions, Report, dlq};
 
+/// jemalloc rather than glibc's malloc: at 20,000 resources the operator's caches are millions
+/// of small allocations, which glibc pads and fragments. `bench converge 10000` measured the
+/// operator's peak RSS at 133 MiB with jemalloc against 172 MiB with glibc, on the same build.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Warren: RabbitMQ topology as Kubernetes resources.
 #[derive(Parser)]
 #[command(name = "warren", version, about)]

@@ -12,7 +12,9 @@ use std::{
 
 use serde_json::{Value, json};
 use warren_operator::Error;
-use warren_operator::controller::{HttpConnector, Settings, error_policy, reconcile};
+use warren_operator::controller::{
+    BrokerConnector, HttpConnector, Settings, error_policy, reconcile,
+};
 use warren_operator::crd::{Binding, DestinationType, Queue};
 use warren_operator::rabbitmq::{
     BindingDef, BrokerConnection, Credentials, ExchangeDef, HttpManagementApi, ManagementApi,
@@ -230,7 +232,11 @@ async fn a_binding_to_a_missing_queue_waits_quietly_with_rabbitmqs_text() {
 #[tokio::test]
 async fn a_new_binding_whose_queue_resource_is_on_its_way_writes_nothing_until_the_queue_settles() {
     let vhost = Vhost::new("on-its-way").await;
-    let (ctx, mut api_server) = context(Arc::new(HttpConnector::default()), every_call());
+    let connector = Arc::new(HttpConnector::default());
+    let (calls, _) = connector
+        .call_counters()
+        .expect("the HTTP connector counts its calls");
+    let (ctx, mut api_server) = context(connector, every_call());
     // The Queue resource the Binding points at, known to the controllers' cache: without a
     // status yet (on its way), then Ready for its generation (settled), though RabbitMQ still
     // has no such queue in either case.
@@ -253,17 +259,20 @@ async fn a_new_binding_whose_queue_resource_is_on_its_way_writes_nothing_until_t
 
     cache(&pending);
     let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));
-    api_server
-        .broker_and_secret(&controller_support::broker(&management_url()), &secret())
-        .await;
+    // No Waiting status, no Event, not even a management call: the Queue's readiness wakes
+    // the Binding; until then it only looks again at the resync pace.
     assert_eq!(
         finish(task).await.ok(),
         Some(kube::runtime::controller::Action::requeue(
-            Duration::from_secs(10)
+            ctx.settings.resync
         )),
     );
-    // No Waiting status and no Event: the Queue's readiness wakes the Binding.
     api_server.assert_idle();
+    assert_eq!(
+        calls.get(),
+        0,
+        "management calls for a binding whose queue is on its way"
+    );
 
     cache(&settled);
     let task = tokio::spawn(reconcile(typed::<Binding>(&object), ctx.clone()));

@@ -35,8 +35,9 @@ struct Cluster {
     statuses: Vec<(String, String, Value)>,
     /// Watches waiting for an event, by collection path.
     watches: BTreeMap<String, Vec<SendResponse<Response<Body>>>>,
-    /// Every object added by the test, with the resourceVersion it was given, by collection
-    /// path: a watch that starts after an add is still told of it, as the API server would.
+    /// Every object added by the test or given a status, with the resourceVersion it was
+    /// given, by collection path: a watch that starts after a change is still told of it, as
+    /// the API server would.
     added: BTreeMap<String, Vec<(u64, Value)>>,
     /// The newest resourceVersion handed out (lists answer with it).
     version: u64,
@@ -57,11 +58,18 @@ impl Default for Cluster {
     }
 }
 
-/// A watch response carrying one ADDED event per object.
+/// A watch response carrying one event per object: ADDED, or MODIFIED for one already listed.
 fn added_events(objects: &[Value]) -> Response<Body> {
     let events: String = objects
         .iter()
-        .map(|object| format!("{}\n", json!({"type": "ADDED", "object": object})))
+        .map(|object| {
+            let kind = if object["status"].is_null() {
+                "ADDED"
+            } else {
+                "MODIFIED"
+            };
+            format!("{}\n", json!({"type": kind, "object": object}))
+        })
         .collect();
     Response::builder()
         .status(200)
@@ -180,12 +188,34 @@ async fn answer(
             Some(object) => reply(send, 200, &object),
             None => reply(send, 404, &not_found()),
         },
+        // A status write is a new version of the object, which the watches see, as on the
+        // real API server (controllers wake on their dependencies' readiness).
         (Method::PATCH, Some(name), Some("status")) => {
             let mut object = find(&state, &name).unwrap_or(Value::Null);
             object["status"] = body["status"].clone();
             state
                 .statuses
-                .push((collection, name, body["status"].clone()));
+                .push((collection.clone(), name.clone(), body["status"].clone()));
+            if !object.is_null() {
+                state.version += 1;
+                let version = state.version;
+                object["metadata"]["resourceVersion"] = json!(version.to_string());
+                if let Some(stored) = state
+                    .objects
+                    .get_mut(&collection)
+                    .and_then(|objects| objects.iter_mut().find(|o| o["metadata"]["name"] == name))
+                {
+                    *stored = object.clone();
+                }
+                state
+                    .added
+                    .entry(collection.clone())
+                    .or_default()
+                    .push((version, object.clone()));
+                for watch in state.watches.remove(&collection).unwrap_or_default() {
+                    watch.send_response(added_events(std::slice::from_ref(&object)));
+                }
+            }
             reply(send, 200, &object);
         }
         (Method::POST, None, None) if collection.ends_with("/events") => reply(send, 201, &body),

@@ -8,6 +8,7 @@
 //! client-go does) ever needs.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use jiff::{SignedDuration, Timestamp};
@@ -58,11 +59,22 @@ pub struct EventRecorder {
     recent: Mutex<Recent>,
 }
 
+/// The Events sent lately, by their key's digest: a key holds the whole note, so keeping the
+/// keys themselves (twice) took megabytes at 20,000 resources. Two keys sharing a 64-bit
+/// digest among a few thousand would only count one Event's repeat on the other's series.
 #[derive(Default)]
 struct Recent {
-    sent: HashMap<Key, Sent>,
-    /// Keys in the order they were first sent, to forget the oldest.
-    order: VecDeque<Key>,
+    sent: HashMap<u64, Sent>,
+    /// Digests in the order they were first sent, to forget the oldest.
+    order: VecDeque<u64>,
+}
+
+impl Key {
+    fn digest(&self) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
 }
 
 impl EventRecorder {
@@ -135,14 +147,14 @@ impl EventRecorder {
             ..Event::default()
         };
         events.create(&PostParams::default(), &event).await?;
-        self.remember(key, name, now);
+        self.remember(&key, name, now);
         Ok(())
     }
 
     /// The name and next count of the same Event sent within the series window.
     fn repeat_of(&self, key: &Key, now: Timestamp) -> Option<(String, i32)> {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = recent.sent.get_mut(key)?;
+        let sent = recent.sent.get_mut(&key.digest())?;
         if now.duration_since(sent.last) > SERIES_WINDOW {
             return None;
         }
@@ -151,14 +163,15 @@ impl EventRecorder {
         Some((sent.name.clone(), sent.count))
     }
 
-    fn remember(&self, key: Key, name: String, now: Timestamp) {
+    fn remember(&self, key: &Key, name: String, now: Timestamp) {
+        let key = key.digest();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = Sent {
             name,
             count: 1,
             last: now,
         };
-        if recent.sent.insert(key.clone(), fresh).is_none() {
+        if recent.sent.insert(key, fresh).is_none() {
             recent.order.push_back(key);
         }
         while recent.order.len() > REMEMBERED {
