@@ -278,13 +278,10 @@ impl HttpManagementApi {
 
     /// GET of a list that must exist (a missing vhost is an error here, not an empty list).
     /// Entries of objects that vanish while RabbitMQ lists them are skipped (see
-    /// [`listed_entries`]).
+    /// [`Listed`]).
     async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
-        match self.get::<Vec<Value>>(path).await? {
-            Some(items) => listed_entries(items).map_err(|source| Error::InvalidResponse {
-                path: format!("/api/{path}"),
-                source,
-            }),
+        match self.get::<Listed<T>>(path).await? {
+            Some(Listed(items)) => Ok(items),
             None => Err(Error::RabbitMq {
                 method: "GET".to_owned(),
                 path: format!("/api/{path}"),
@@ -595,12 +592,8 @@ impl ManagementApi for HttpManagementApi {
             enc(destination)
         );
         // 404: an end (or the vhost) is missing, so no binding between them exists.
-        let wire: Option<Vec<Value>> = self.get(&path).await?;
-        let wire: Vec<WireBinding> =
-            listed_entries(wire.unwrap_or_default()).map_err(|source| Error::InvalidResponse {
-                path: format!("/api/{path}"),
-                source,
-            })?;
+        let wire: Option<Listed<WireBinding>> = self.get(&path).await?;
+        let wire = wire.map(|Listed(entries)| entries).unwrap_or_default();
         Ok(binding_states(wire))
     }
 
@@ -699,12 +692,41 @@ fn binding_states(wire: Vec<WireBinding>) -> Vec<BindingState> {
 /// object: an object that another client is deleting at that moment (seen on 3.10 for vhosts,
 /// with tests creating and deleting vhosts in parallel). Such an entry names nothing, and failing
 /// the whole listing on it would fail a reconcile for someone else's delete.
-fn listed_entries<T: DeserializeOwned>(items: Vec<Value>) -> serde_json::Result<Vec<T>> {
-    items
-        .into_iter()
-        .filter(|item| item.as_array().is_none_or(|entry| !entry.is_empty()))
-        .map(serde_json::from_value)
-        .collect()
+///
+/// Read entry by entry, each through a `Value` of its own: the whole body as one JSON tree was
+/// 17 MB at once for a listing of 10,000 queues.
+struct Listed<T>(Vec<T>);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Listed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Entries<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Entries<T> {
+            type Value = Listed<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of objects")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Listed<T>, A::Error> {
+                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(entry) = seq.next_element::<Value>()? {
+                    if entry.as_array().is_some_and(Vec::is_empty) {
+                        continue;
+                    }
+                    entries.push(serde_json::from_value(entry).map_err(serde::de::Error::custom)?);
+                }
+                Ok(Listed(entries))
+            }
+        }
+
+        deserializer.deserialize_seq(Entries(std::marker::PhantomData))
+    }
 }
 
 #[cfg(test)]
@@ -717,7 +739,7 @@ mod tests {
         struct Named {
             name: String,
         }
-        let listed: Vec<Named> = listed_entries(vec![json!([]), json!({"name": "orders"})])
+        let Listed(listed) = serde_json::from_str::<Listed<Named>>(r#"[[], {"name": "orders"}]"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             listed,
@@ -725,8 +747,12 @@ mod tests {
                 name: "orders".into()
             }]
         );
-        let malformed = listed_entries::<Named>(vec![json!({"title": "orders"})]);
-        assert!(malformed.is_err(), "anything else is still malformed");
+        let malformed = serde_json::from_str::<Listed<Named>>(r#"[{"title": "orders"}]"#);
+        let error = malformed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("missing field `name`"),
+            "anything else is still malformed, and says why: {error}"
+        );
     }
 
     #[test]
