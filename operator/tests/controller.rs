@@ -183,6 +183,37 @@ async fn apply_declares_the_queue_then_applies_ready_status_and_an_event() {
 }
 
 #[tokio::test]
+async fn a_new_queue_keeps_its_zero_counts_until_rabbitmq_reports_stats() {
+    // The status the creating reconcile wrote: 0 messages, 0 consumers.
+    let Harness { ctx, mut api, .. } = harness();
+    let task = tokio::spawn(reconcile(queue(true, false, json!({})), ctx));
+    api.broker_and_secret(&broker(), &secret()).await;
+    let created = expect_status(&mut api).await;
+    assert_eq!(api.event().await["reason"], "Created");
+    assert!(finish(task).await.is_ok());
+
+    // The next resync, before RabbitMQ first emits the queue's stats: it has no newer counts,
+    // so the status stays as it is (dropping them would be a write now and another one when
+    // the stats arrive).
+    let Harness {
+        ctx,
+        mut api,
+        rabbitmq,
+        ..
+    } = harness();
+    rabbitmq
+        .put_queue(&rabbitmq_queue(60000))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut object = queue_json(true, false, json!({}));
+    object["status"] = created;
+    let task = tokio::spawn(reconcile(typed::<Queue>(&object), ctx));
+    api.broker_and_secret(&broker(), &secret()).await;
+    assert!(finish(task).await.is_ok());
+    api.assert_idle();
+}
+
+#[tokio::test]
 async fn a_queue_in_sync_reports_live_counters_and_writes_nothing_else() {
     let Harness {
         ctx,

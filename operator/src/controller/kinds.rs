@@ -216,10 +216,12 @@ impl TopologyKind for Queue {
             .map_or(&[][..], |s| s.conditions.as_slice())
     }
 
-    /// Counters come from RabbitMQ; absent ones (no stats emitted yet) stay absent, not zero,
-    /// except for a queue this reconcile created: it had none of either a moment ago, and
-    /// RabbitMQ only reports them after its next stats interval, which would cost every new
-    /// Queue a second status write.
+    /// Counters come from RabbitMQ. A queue this reconcile created has none of either: RabbitMQ
+    /// only reports them after its next stats interval, and saying so at once spares every new
+    /// Queue a second status write. Until those first stats, a queue RabbitMQ lists without
+    /// counters keeps the ones the status shows (RabbitMQ has no newer figure; dropping them
+    /// would be a write now and another when the stats arrive); a queue never counted stays
+    /// without, not zero. A queue not read back at all (a failure) shows none.
     fn status(
         &self,
         conditions: Vec<Condition>,
@@ -232,15 +234,21 @@ impl TopologyKind for Queue {
                 q.definition.vhost == self.spec.vhost && q.definition.name == self.spec.name
             })
         });
+        let shown = self.status.as_ref();
+        let count = |now: Option<i64>, before: Option<i64>| {
+            live.and(now.or(before)).or(created.is_some().then_some(0))
+        };
         serde_json::to_value(QueueStatus {
             observed_generation: generation,
             conditions,
-            messages: live
-                .and_then(|q| q.messages)
-                .or(created.is_some().then_some(0)),
-            consumers: live
-                .and_then(|q| q.consumers)
-                .or(created.is_some().then_some(0)),
+            messages: count(
+                live.and_then(|q| q.messages),
+                shown.and_then(|s| s.messages),
+            ),
+            consumers: count(
+                live.and_then(|q| q.consumers),
+                shown.and_then(|s| s.consumers),
+            ),
             created: created_record(
                 created,
                 self.status.as_ref().and_then(|s| s.created.as_ref()),
