@@ -42,6 +42,17 @@ fn harness() -> Harness {
     }
 }
 
+/// A harness whose RabbitMQ already has the queue the Queue resource names, with `ttl`.
+async fn harness_with_queue(ttl: i64) -> Harness {
+    let harness = harness();
+    harness
+        .rabbitmq
+        .put_queue(&rabbitmq_queue(ttl))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    harness
+}
+
 fn broker() -> Value {
     controller_support::broker(BROKER_URL)
 }
@@ -195,16 +206,7 @@ async fn a_new_queue_keeps_its_zero_counts_until_rabbitmq_reports_stats() {
     // The next resync, before RabbitMQ first emits the queue's stats: it has no newer counts,
     // so the status stays as it is (dropping them would be a write now and another one when
     // the stats arrive).
-    let Harness {
-        ctx,
-        mut api,
-        rabbitmq,
-        ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(60000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let Harness { ctx, mut api, .. } = harness_with_queue(60000).await;
     let mut object = queue_json(true, false, json!({}));
     object["status"] = created;
     let task = tokio::spawn(reconcile(typed::<Queue>(&object), ctx));
@@ -220,11 +222,7 @@ async fn a_queue_in_sync_reports_live_counters_and_writes_nothing_else() {
         mut api,
         rabbitmq,
         ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(60000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    } = harness_with_queue(60000).await;
     rabbitmq.set_queue_counters("/", "orders.inventory_events", 12, 3);
     rabbitmq.clear_writes();
     let task = tokio::spawn(reconcile(queue(true, false, json!({})), ctx));
@@ -247,11 +245,7 @@ async fn a_different_queue_in_rabbitmq_is_a_conflict_with_its_text_and_is_left_a
         mut api,
         rabbitmq,
         ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(5000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    } = harness_with_queue(5000).await;
     rabbitmq.clear_writes();
     let task = tokio::spawn(reconcile(queue(true, false, json!({})), ctx));
 
@@ -347,11 +341,7 @@ async fn cleanup_deletes_the_queue_then_removes_the_finalizer() {
         mut api,
         rabbitmq,
         ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(60000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    } = harness_with_queue(60000).await;
     rabbitmq.clear_writes();
     let task = tokio::spawn(reconcile(queue(true, true, json!({})), ctx));
 
@@ -403,11 +393,7 @@ async fn cleanup_of_a_resource_that_never_reached_rabbitmq_needs_no_broker() {
         mut api,
         rabbitmq,
         ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(60000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    } = harness_with_queue(60000).await;
     rabbitmq.clear_writes();
     // An invalid spec too, and no status: cleanup must not validate it, and Warren never
     // declared anything for it.
@@ -517,11 +503,7 @@ async fn retain_policy_keeps_the_queue_and_releases_the_resource() {
         mut api,
         rabbitmq,
         ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(60000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    } = harness_with_queue(60000).await;
     rabbitmq.clear_writes();
     let task = tokio::spawn(reconcile(
         queue(true, true, json!({"deletionPolicy": "retain"})),
@@ -549,11 +531,7 @@ async fn cleanup_leaves_a_conflicting_queue_it_never_matched() {
         mut api,
         rabbitmq,
         ..
-    } = harness();
-    rabbitmq
-        .put_queue(&rabbitmq_queue(5000))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    } = harness_with_queue(5000).await;
     rabbitmq.clear_writes();
     let task = tokio::spawn(reconcile(queue(true, true, json!({})), ctx));
 
