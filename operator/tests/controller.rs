@@ -171,10 +171,8 @@ async fn apply_declares_the_queue_then_applies_ready_status_and_an_event() {
     assert_eq!(event["regarding"]["name"], "orders");
     assert_eq!(event["reportingController"], "warren.dev/operator");
 
-    assert_eq!(
-        finish(task).await.ok(),
-        Some(Action::requeue(Settings::default().in_sync_requeue()))
-    );
+    // In sync: nothing to requeue; the resync clock looks at every resource again.
+    assert_eq!(finish(task).await.ok(), Some(Action::await_change()));
     api.assert_idle();
     assert_eq!(rabbitmq.writes(), ["PUT queue / orders.inventory_events"]);
     let seen = connector

@@ -248,12 +248,17 @@ async fn a_new_binding_whose_queue_resource_is_on_its_way_writes_nothing_until_t
         "type": "Ready", "status": "True", "reason": "Created", "message": "created",
         "observedGeneration": 2, "lastTransitionTime": "2026-12-04T00:00:00Z"}]});
     let (store, mut writer) = kube::runtime::reflector::store::<Queue>();
-    ctx.stores.add(store);
+    ctx.stores.add(store.clone());
     let index = ctx.stores.claim_index::<Queue>();
+    // As a shared watch does: the claim index first, while the cache holds the object as it was.
     let mut cache = |queue: &Value| {
         let event = kube::runtime::watcher::Event::Apply(typed::<Queue>(queue).as_ref().clone());
+        index.observe(
+            &event,
+            |q| store.get(&kube::runtime::reflector::ObjectRef::from_obj(q)),
+            |q: &Queue| q.spec.name.clone(),
+        );
         writer.apply_watcher_event(&event);
-        index.observe(&event, |q: &Queue| q.spec.name.clone());
     };
     let object = binding_json(&vhost.0, false);
 

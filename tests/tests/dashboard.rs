@@ -77,14 +77,6 @@ fn exported_names() -> BTreeSet<String> {
     let operator = warren_operator::controller::Metrics::new(&mut registry);
     operator.reconciled("Queue", std::time::Duration::from_millis(1));
     operator.failed("Queue", "rabbitmq_unreachable");
-    operator.resource_ready("Queue", "ns", "q", true);
-    let series = warren_operator::controller::QueueSeries {
-        namespace: "ns",
-        name: "q",
-        vhost: "/",
-        queue: "q",
-    };
-    operator.queue_depth(&series, Some(1), Some(1));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .unwrap_or_else(|e| panic!("{e}"));

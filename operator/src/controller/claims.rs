@@ -64,42 +64,53 @@ type Key = (String, String);
 #[derive(Default)]
 struct IndexState {
     /// Usually one claimant a name: a Vec holds it in one small allocation, where a set would
-    /// take room for several (megabytes at 20,000 resources).
+    /// take room for several (megabytes at 20,000 resources). What each resource claimed before
+    /// is not kept here: the cache still holds the resource as it was when its next event comes.
     by_claim: HashMap<String, Vec<Key>>,
-    claim_of: HashMap<Key, String>,
     /// A re-list in progress: it replaces everything once done, as the cache does.
     relisting: Option<Vec<(Key, String)>>,
 }
 
 impl IndexState {
     fn insert(&mut self, key: Key, claim: String) {
-        self.remove(&key);
-        let keys = self.by_claim.entry(claim.clone()).or_default();
-        keys.push(key.clone());
-        keys.shrink_to_fit();
-        self.claim_of.insert(key, claim);
+        let keys = self.by_claim.entry(claim).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
+            keys.shrink_to_fit();
+        }
     }
 
-    fn remove(&mut self, key: &Key) {
-        if let Some(claim) = self.claim_of.remove(key)
-            && let Some(keys) = self.by_claim.get_mut(&claim)
-        {
+    fn remove(&mut self, key: &Key, claim: &str) {
+        if let Some(keys) = self.by_claim.get_mut(claim) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
-                self.by_claim.remove(&claim);
+                self.by_claim.remove(claim);
             }
         }
     }
 }
 
 impl ClaimIndex {
-    /// Follows one watch event; `claim` is the name the object claims.
-    pub fn observe<K: Resource>(&self, event: &watcher::Event<K>, claim: impl Fn(&K) -> String) {
+    /// Follows one watch event, before the cache does: `cached` is the cache's copy of the
+    /// event's object (as it was, so what it claimed), `claim` the name an object claims.
+    pub fn observe<K: Resource>(
+        &self,
+        event: &watcher::Event<K>,
+        cached: impl Fn(&K) -> Option<Arc<K>>,
+        claim: impl Fn(&K) -> String,
+    ) {
         let key = |object: &K| (object.namespace().unwrap_or_default(), object.name_any());
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            watcher::Event::Apply(object) => state.insert(key(object), claim(object)),
-            watcher::Event::Delete(object) => state.remove(&key(object)),
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                let key = key(object);
+                if let Some(before) = cached(object) {
+                    state.remove(&key, &claim(&before));
+                }
+                if let watcher::Event::Apply(object) = event {
+                    state.insert(key, claim(object));
+                }
+            }
             watcher::Event::Init => state.relisting = Some(Vec::new()),
             watcher::Event::InitApply(object) => {
                 let entry = (key(object), claim(object));
@@ -108,7 +119,6 @@ impl ClaimIndex {
             watcher::Event::InitDone => {
                 let listed = state.relisting.take().unwrap_or_default();
                 state.by_claim.clear();
-                state.claim_of.clear();
                 for (key, claim) in listed {
                     state.insert(key, claim);
                 }
@@ -233,25 +243,49 @@ mod tests {
         names
     }
 
+    /// The index and the cache it runs ahead of, fed the way a shared watch feeds them.
+    struct Watched {
+        index: ClaimIndex,
+        cache: kube::runtime::reflector::store::Writer<ConfigMap>,
+    }
+
+    impl Watched {
+        fn event(&mut self, event: watcher::Event<ConfigMap>) {
+            let cache = self.cache.as_reader();
+            self.index
+                .observe(&event, |o| cache.get(&ObjectRef::from_obj(o)), claim);
+            self.cache.apply_watcher_event(&event);
+        }
+    }
+
     #[test]
     fn the_index_follows_applies_renames_deletes_and_relists() {
-        let index = ClaimIndex::default();
-        index.observe(&watcher::Event::Apply(object("a", "orders")), claim);
-        index.observe(&watcher::Event::Apply(object("b", "orders")), claim);
-        assert_eq!(names(&index, "orders"), ["a", "b"]);
+        let mut watched = Watched {
+            index: ClaimIndex::default(),
+            cache: Default::default(),
+        };
+        watched.event(watcher::Event::Apply(object("a", "orders")));
+        watched.event(watcher::Event::Apply(object("b", "orders")));
+        // The same again (a status write): still one entry.
+        watched.event(watcher::Event::Apply(object("b", "orders")));
+        assert_eq!(names(&watched.index, "orders"), ["a", "b"]);
         // A spec edit moves the claim.
-        index.observe(&watcher::Event::Apply(object("b", "stock")), claim);
-        assert_eq!(names(&index, "orders"), ["a"]);
-        assert_eq!(names(&index, "stock"), ["b"]);
-        index.observe(&watcher::Event::Delete(object("a", "orders")), claim);
-        assert!(names(&index, "orders").is_empty());
+        watched.event(watcher::Event::Apply(object("b", "stock")));
+        assert_eq!(names(&watched.index, "orders"), ["a"]);
+        assert_eq!(names(&watched.index, "stock"), ["b"]);
+        watched.event(watcher::Event::Delete(object("a", "orders")));
+        assert!(names(&watched.index, "orders").is_empty());
         // A re-list replaces everything once done, and serves the old view until then.
-        index.observe(&watcher::Event::<ConfigMap>::Init, claim);
-        index.observe(&watcher::Event::InitApply(object("c", "orders")), claim);
-        assert_eq!(names(&index, "stock"), ["b"]);
-        index.observe(&watcher::Event::<ConfigMap>::InitDone, claim);
-        assert!(names(&index, "stock").is_empty());
-        assert_eq!(names(&index, "orders"), ["c"]);
+        watched.event(watcher::Event::Init);
+        watched.event(watcher::Event::InitApply(object("c", "orders")));
+        assert_eq!(names(&watched.index, "stock"), ["b"]);
+        watched.event(watcher::Event::InitDone);
+        assert!(names(&watched.index, "stock").is_empty());
+        assert_eq!(names(&watched.index, "orders"), ["c"]);
+        // After it, the relisted objects' claims move as before.
+        watched.event(watcher::Event::Apply(object("c", "stock")));
+        assert!(names(&watched.index, "orders").is_empty());
+        assert_eq!(names(&watched.index, "stock"), ["c"]);
     }
 
     fn claimant(namespace: &str, name: &str, second: Option<i64>, deleting: bool) -> Claimant {

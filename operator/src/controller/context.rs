@@ -36,8 +36,8 @@ pub struct Settings {
     /// credential), with `get` only: the chart grants no list or watch on Secrets.
     pub secret_poll: Duration,
     /// How old a bulk read-back of a vhost may be and still confirm that a resource is in sync
-    /// (see `snapshot`). A resource in sync is looked at again `resync - snapshot_age` later,
-    /// so drift is still seen within one `resync`.
+    /// (see `snapshot`). The resync clock drops every listing, so drift is still seen within
+    /// one `resync`.
     pub snapshot_age: Duration,
 }
 
@@ -49,14 +49,6 @@ impl Settings {
             snapshot_age: snapshot_age_for(resync),
             ..Settings::default()
         }
-    }
-
-    /// When a resource found in sync is looked at again: drift is seen within one `resync`
-    /// even through a snapshot `snapshot_age` old.
-    pub fn in_sync_requeue(&self) -> Duration {
-        self.resync
-            .saturating_sub(self.snapshot_age)
-            .max(Duration::from_secs(1))
     }
 }
 
@@ -100,8 +92,9 @@ pub struct Context {
     pub recorder: EventRecorder,
     /// Timing.
     pub settings: Settings,
-    /// The controllers' caches, to find other claimants of one RabbitMQ object.
-    pub stores: Stores,
+    /// The controllers' caches, to find other claimants of one RabbitMQ object (and the
+    /// metrics' per-resource series).
+    pub stores: Arc<Stores>,
     /// Brokers to probe again now (a dependant could not reach RabbitMQ, a Secret changed).
     probes: broadcast::Sender<ObjectRef<Broker>>,
     /// Workers to reconcile now (a Secret they read changed).
@@ -130,9 +123,9 @@ impl Context {
             recorder: EventRecorder::new(client.clone(), REPORTING_CONTROLLER, instance),
             client,
             connector,
+            stores: metrics.stores(),
             metrics,
             settings,
-            stores: Stores::default(),
             probes: broadcast::channel(1024).0,
             workers: broadcast::channel(1024).0,
             failures: Mutex::new(HashMap::new()),

@@ -19,6 +19,7 @@ use super::context::{Context, Settings};
 use super::kinds::TopologyKind;
 use super::leader::{LeaderElector, Leadership};
 use super::metrics::Metrics;
+use super::resync::ResyncClock;
 use super::server::{Probes, router};
 use super::shared::{self, SharedWatch};
 use super::{broker, topology};
@@ -379,6 +380,8 @@ pub async fn run_controllers(
     let config = ControllerConfig::default().concurrency(concurrency);
     let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
     controllers.push(super::secrets::poll_broker_secrets(ctx.clone(), stop.clone()).boxed());
+    // One clock for every topology controller of every scope.
+    let clock = ResyncClock::new(ctx.settings.resync);
     for scope in scopes {
         let client = &ctx.client;
         // One watch per kind, shared by every controller that looks at it.
@@ -414,6 +417,7 @@ pub async fn run_controllers(
         );
         controllers.push(topology_controller(
             &ctx,
+            &clock,
             &mut exchanges,
             &mut brokers,
             &config,
@@ -422,6 +426,7 @@ pub async fn run_controllers(
         ));
         controllers.push(topology_controller(
             &ctx,
+            &clock,
             &mut queues,
             &mut brokers,
             &config,
@@ -430,6 +435,7 @@ pub async fn run_controllers(
         ));
         controllers.push(topology_controller(
             &ctx,
+            &clock,
             &mut policies,
             &mut brokers,
             &config,
@@ -445,6 +451,7 @@ pub async fn run_controllers(
         );
         controllers.push(topology_controller(
             &ctx,
+            &clock,
             &mut bindings,
             &mut brokers,
             &config,
@@ -462,11 +469,19 @@ pub async fn run_controllers(
             &stop,
         ));
         controllers.push(run_watch(brokers, |_| {}, &stop));
-        controllers.push(run_watch(exchanges, claims(&ctx), &stop));
-        controllers.push(run_watch(queues, claims(&ctx), &stop));
-        controllers.push(run_watch(bindings, claims(&ctx), &stop));
-        controllers.push(run_watch(policies, claims(&ctx), &stop));
+        let observe = claims(&ctx, &exchanges);
+        controllers.push(run_watch(exchanges, observe, &stop));
+        let observe = claims(&ctx, &queues);
+        controllers.push(run_watch(queues, observe, &stop));
+        let observe = claims(&ctx, &bindings);
+        controllers.push(run_watch(bindings, observe, &stop));
+        let observe = claims(&ctx, &policies);
+        controllers.push(run_watch(policies, observe, &stop));
     }
+    controllers.push({
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move { clock.run(&ctx.snapshots, stop).await }.boxed()
+    });
     futures::future::join_all(controllers).await;
 }
 
@@ -490,9 +505,19 @@ where
 }
 
 /// Feeds the claim index of `K` (see [`ClaimIndex`]) from its watch.
-fn claims<K: TopologyKind>(ctx: &Context) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+fn claims<K: TopologyKind>(
+    ctx: &Context,
+    watch: &SharedWatch<K>,
+) -> impl Fn(&watcher::Event<K>) + Send + 'static {
     let index = ctx.stores.claim_index::<K>();
-    move |event| index.observe(event, |object: &K| object.claim_name().to_owned())
+    let cache = watch.store();
+    move |event| {
+        index.observe(
+            event,
+            |object| cache.get(&ObjectRef::from_obj(object)),
+            |object| object.claim_name().to_owned(),
+        )
+    }
 }
 
 /// Key of a dependant for its Broker: whether it is being deleted.
@@ -519,10 +544,11 @@ fn readiness<K: TopologyKind>(object: &K) -> u64 {
 }
 
 /// A topology controller on the shared watch of its kind that re-queues its resources when
-/// their Broker changes; `extra` adds kind-specific watches (a Binding watches its Exchange and
+/// their Broker changes, and all of them at each tick of `clock`; `extra` adds kind-specific watches (a Binding watches its Exchange and
 /// Queue).
 fn topology_controller<K: TopologyKind>(
     ctx: &Arc<Context>,
+    clock: &ResyncClock,
     objects: &mut SharedWatch<K>,
     brokers: &mut SharedWatch<Broker>,
     config: &ControllerConfig,
@@ -537,9 +563,11 @@ fn topology_controller<K: TopologyKind>(
         objects.store(),
     );
     let store = controller.store();
-    let controller = controller.watches_shared_stream(brokers.subscribe(), move |broker| {
-        on_broker(&store, &broker)
-    });
+    let controller = controller
+        .watches_shared_stream(brokers.subscribe(), move |broker| {
+            on_broker(&store, &broker)
+        })
+        .reconcile_all_on(clock.ticks());
     let kind = K::kind(&()).into_owned();
     drain(
         kind,
@@ -786,7 +814,12 @@ mod tests {
         let index = ClaimIndex::default();
         for binding in bindings {
             let event = watcher::Event::Apply(binding);
-            index.observe(&event, |b: &Binding| b.spec.destination.clone());
+            let cache = writer.as_reader();
+            index.observe(
+                &event,
+                |b| cache.get(&ObjectRef::from_obj(b)),
+                |b: &Binding| b.spec.destination.clone(),
+            );
             writer.apply_watcher_event(&event);
         }
         (writer.as_reader(), index)

@@ -6,9 +6,9 @@
 //! A snapshot only ever confirms: a resource whose object the snapshot shows exactly as planned
 //! is in sync. Anything else (missing, different, a listing that failed) is read back on its own
 //! before Warren acts, so a snapshot taken before someone's change can delay noticing it by at
-//! most its age, never cause a wrong write. That delay is why a resource in sync is looked at
-//! again `resync - snapshot_age` later (`Settings::in_sync_requeue`): drift is still repaired
-//! within one resync period.
+//! most its age, never cause a wrong write. The resync clock ([`super::resync`]) drops every
+//! listing before it has every resource looked at again, so drift is still repaired within one
+//! resync period.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -198,6 +198,11 @@ impl Snapshots {
         };
         drop(held);
         Some(listing.narrowed(object))
+    }
+
+    /// Drops every listing: the next reconcile of each kind and vhost lists again.
+    pub fn expire_all(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Forgets what is known of `broker` (its Broker was deleted).

@@ -16,7 +16,6 @@ use super::context::Context;
 use super::events;
 use super::finalizer::{self, Step};
 use super::kinds::TopologyKind;
-use super::metrics::QueueSeries;
 use super::status::{self, Verdict};
 use super::{broker, reason};
 use crate::crd::{Binding, Broker, DeletionPolicy, DestinationType, Exchange, Queue};
@@ -156,7 +155,6 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         converged.observed.as_ref(),
         converged.created.as_ref(),
     );
-    record_metrics(ctx, object, verdict.ready, &new_status);
     match status::apply(api, object, new_status).await {
         // Worked out from a stale cached object: look again in a moment, with the fresh one.
         Err(error) if status::is_stale(&error) => return Ok(Action::requeue(STALE_RETRY)),
@@ -186,7 +184,8 @@ async fn apply<K: TopologyKind>(api: &Api<K>, object: &K, ctx: &Context) -> Resu
         Ok(_) if verdict.reason == reason::DUPLICATE => {
             Ok(Action::requeue(ctx.settings.resync.min(RECHECK)))
         }
-        Ok(_) => Ok(Action::requeue(ctx.settings.in_sync_requeue())),
+        // In sync: the resync clock looks at it again (see `resync`), as at every resource.
+        Ok(_) => Ok(Action::await_change()),
         // Waiting for an exchange or queue that watches will announce: quietly, no backoff.
         Err(_) if verdict.reason == reason::WAITING => {
             Ok(Action::requeue(ctx.settings.resync.min(RECHECK)))
@@ -260,31 +259,6 @@ fn broker_says_ready<K: TopologyKind>(ctx: &Context, object: &K) -> bool {
         .and_then(|b| b.status.as_ref())
         .and_then(|s| crate::crd::status::ready(&s.conditions))
         .is_none_or(|c| c.status == "True")
-}
-
-/// The series this resource has in `/metrics`: Ready, and a queue's depth and consumers.
-fn record_metrics<K: TopologyKind>(
-    ctx: &Context,
-    object: &K,
-    ready: bool,
-    status: &serde_json::Value,
-) {
-    let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-    ctx.metrics
-        .resource_ready(&K::kind(&()), &namespace, &name, ready);
-    if let Object::Queue(queue) = object.identity() {
-        let series = QueueSeries {
-            namespace: &namespace,
-            name: &name,
-            vhost: &queue.vhost,
-            queue: &queue.name,
-        };
-        ctx.metrics.queue_depth(
-            &series,
-            status["messages"].as_i64(),
-            status["consumers"].as_i64(),
-        );
-    }
 }
 
 async fn converge<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Converged> {
@@ -516,7 +490,6 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
     if object.deletion_policy() == DeletionPolicy::Retain {
         let note = format!("deletionPolicy is retain: {identity} stays in RabbitMQ");
         events::publish(ctx, &reference, false, reason::RETAINED, "Delete", &note).await;
-        forget_metrics(ctx, object, &identity);
         return Ok(Action::await_change());
     }
     let (warning, outcome, note) = match remove(object, &identity, ctx).await {
@@ -591,24 +564,7 @@ async fn cleanup<K: TopologyKind>(object: &K, ctx: &Context) -> Result<Action> {
         tracing::info!(kind = %K::kind(&()), namespace, name, reason = outcome, message = %note, "cleaned up: finalizer released");
     }
     events::publish(ctx, &reference, warning, outcome, "Delete", &note).await;
-    forget_metrics(ctx, object, &identity);
     Ok(Action::await_change())
-}
-
-/// Drops a deleted resource's series from `/metrics`.
-fn forget_metrics<K: TopologyKind>(ctx: &Context, object: &K, identity: &Object) {
-    let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-    let queue = match identity {
-        Object::Queue(queue) => Some(QueueSeries {
-            namespace: &namespace,
-            name: &name,
-            vhost: &queue.vhost,
-            queue: &queue.name,
-        }),
-        _ => None,
-    };
-    ctx.metrics
-        .forget(&K::kind(&()), &namespace, &name, queue.as_ref());
 }
 
 async fn remove<K: TopologyKind>(object: &K, identity: &Object, ctx: &Context) -> Result<Removal> {
