@@ -106,6 +106,15 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Reconciliations of `kind` so far.
+    pub fn reconciliations(&self, kind: &str) -> u64 {
+        self.reconciliations
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .get()
+    }
+
     /// Counts one failure of `kind` for `reason` (an `Error::metric_label`).
     pub fn failed(&self, kind: &str, reason: &str) {
         self.failures

@@ -563,12 +563,16 @@ fn topology_controller<K: TopologyKind>(
         objects.store(),
     );
     let store = controller.store();
+    let kind = K::kind(&()).into_owned();
+    let resync = super::resync::paced(clock.ticks(), controller.store(), {
+        let (ctx, kind) = (ctx.clone(), kind.clone());
+        move || ctx.metrics.reconciliations(&kind)
+    });
     let controller = controller
         .watches_shared_stream(brokers.subscribe(), move |broker| {
             on_broker(&store, &broker)
         })
-        .reconcile_all_on(clock.ticks());
-    let kind = K::kind(&()).into_owned();
+        .reconcile_on(resync);
     drain(
         kind,
         extra(controller)
