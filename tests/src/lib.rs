@@ -9,6 +9,7 @@ pub mod envtest;
 pub mod faults;
 pub mod harness;
 pub mod operator;
+pub mod stage_log;
 pub mod support;
 pub mod topology_bench;
 

@@ -8,6 +8,7 @@
 //! - [`http`]: the HTTP edge both workers share (error shape, 415, 503, probe bodies).
 //! - [`database`]: a worker's database, created if missing, opened within its connection budget.
 //! - [`broker`], [`schema`], [`metrics`], [`config`], [`topology`]: the plumbing.
+//! - [`stages`]: trace events that follow an event from the outbox to the consumer's commit.
 
 pub mod broker;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod process;
 pub mod retry;
 mod scan_floor;
 pub mod schema;
+pub mod stages;
 pub mod topology;
 
 pub use consumer::{ConsumerConfig, EventHandler, IdempotentConsumer};

@@ -23,14 +23,19 @@ use lapin::{BasicProperties, Channel};
 use serde_json::json;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use uuid::Uuid;
 use warren_messaging::consumer::record_processed;
 use warren_messaging::events::{Quantity, StockReplenished};
+use warren_messaging::stages::Stage;
 use warren_messaging::topology::{INVENTORY_EXCHANGE, ORDERS_INVENTORY_EVENTS_QUEUE};
 use warren_messaging::{
     ConsumerConfig, Envelope, Event, EventHandler, HandlerError, IdempotentConsumer, Metrics,
     OutboxRelay, RelayConfig,
 };
+use warren_tests::stage_log::{StageLog, StageTimes};
 use warren_tests::{TestDatabase, TestVhost, apply_topology};
 
 /// Publisher confirm window shared by the raw baseline and the relay.
@@ -403,8 +408,30 @@ impl EventHandler for CountingHandler {
 struct StampingHandler {
     /// When the producer's commit was sent and when it returned, by event id.
     committed_at: Arc<Mutex<HashMap<Uuid, CommitStamp>>>,
-    /// (end to end, to the handler) in milliseconds, one per committed event.
-    samples: Arc<Mutex<Vec<(f64, f64)>>>,
+    /// One per committed event.
+    samples: Arc<Mutex<Vec<Sample>>>,
+}
+
+/// One event's way through Warren in the latency scenario.
+#[derive(Clone)]
+struct Sample {
+    event_id: Uuid,
+    /// When the producer's COMMIT returned (the outbox commit).
+    start: Instant,
+    /// When the handler ran.
+    at_handler: Instant,
+    /// When the consumer's transaction had committed.
+    committed: Instant,
+}
+
+impl Sample {
+    fn total_ms(&self) -> f64 {
+        (self.committed - self.start).as_secs_f64() * 1000.0
+    }
+
+    fn to_handler_ms(&self) -> f64 {
+        (self.at_handler - self.start).as_secs_f64() * 1000.0
+    }
 }
 
 impl EventHandler for StampingHandler {
@@ -430,10 +457,12 @@ impl EventHandler for StampingHandler {
             .and_then(|mut m| m.remove(&event_id))
             .map(|(sent, returned)| returned.unwrap_or(sent));
         if let (Some(start), Ok(mut s)) = (start, self.samples.lock()) {
-            s.push((
-                (now - start).as_secs_f64() * 1000.0,
-                (at_handler - start).as_secs_f64() * 1000.0,
-            ));
+            s.push(Sample {
+                event_id,
+                start,
+                at_handler,
+                committed: now,
+            });
         }
     }
 }
@@ -740,7 +769,11 @@ async fn relay_latency(bench: &Bench, rate: u64, total: usize) -> Result<Vec<f64
     Ok(samples)
 }
 
-async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> {
+async fn scenario_latency(
+    rate: u64,
+    seconds: u64,
+    stage_log: &StageLog,
+) -> Result<serde_json::Value> {
     let bench = Bench::new("latency").await;
     let total = (rate * seconds) as usize;
 
@@ -758,7 +791,9 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
         load_stop.clone(),
     ));
     let floor_started = Instant::now();
+    let floor_cpu_started = CpuTime::now();
     let floor = raw_latency(&bench, rate, total, "bench-latency-floor", None).await;
+    let floor_cpu = CpuTime::now().per_message_since(floor_cpu_started, total);
     load_stop.cancel();
     let floor_commits = load.await?? as f64 / floor_started.elapsed().as_secs_f64();
     let floor = floor?;
@@ -787,7 +822,9 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
         .execute(&bench.db.pool)
         .await?;
 
-    // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit.
+    // Warren: outbox commit → relay (NOTIFY) → broker → idempotent consumer commit, with the
+    // library's stage events recorded.
+    stage_log.start();
     let metrics = Metrics::new("bench");
     let handled = StampingHandler::default();
     let (committed_at, samples) = (handled.committed_at.clone(), handled.samples.clone());
@@ -811,8 +848,9 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
     consumer_task.await??;
     relay_task.await??;
     let taken = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut warren: Vec<f64> = taken.iter().map(|(total, _)| *total).collect();
-    let mut to_handler: Vec<f64> = taken.iter().map(|(_, part)| *part).collect();
+    let stages = stage_split(&taken, &stage_log.take());
+    let mut warren: Vec<f64> = taken.iter().map(Sample::total_ms).collect();
+    let mut to_handler: Vec<f64> = taken.iter().map(Sample::to_handler_ms).collect();
     warren.sort_by(f64::total_cmp);
     to_handler.sort_by(f64::total_cmp);
     producer_commit.sort_by(f64::total_cmp);
@@ -834,8 +872,75 @@ async fn scenario_latency(rate: u64, seconds: u64) -> Result<serde_json::Value> 
               "to_handler_p99": round3(percentile(&to_handler, 0.99)),
               "producer_commit_p50": round3(percentile(&producer_commit, 0.50)),
               "producer_commit_p99": round3(percentile(&producer_commit, 0.99)),
-              "cpu_ms_per_message": {"baseline": baseline_cpu, "warren": warren_cpu}}),
+              "stages_p50": stages.percentile(0.50), "stages_p99": stages.percentile(0.99),
+              "cpu_ms_per_message": {"baseline": baseline_cpu, "floor": floor_cpu,
+                                     "warren": warren_cpu}}),
     )
+}
+
+/// The latency split by stage: for each part of the way, its milliseconds, one per event that
+/// passed both of its ends.
+struct StageSplit(Vec<(&'static str, Vec<f64>)>);
+
+/// The parts of an event's way, each named for what it waits on and ending at a stage: the
+/// NOTIFY (from the outbox commit's return), the relay's select, the publish, the broker (to
+/// the consumer's delivery), the lane, the idempotency record (BEGIN and the insert, to the
+/// handler), the consumer's commit.
+const STAGE_PARTS: [(&str, Stage); 7] = [
+    ("notify", Stage::Notified),
+    ("select", Stage::Selected),
+    ("publish", Stage::Published),
+    ("broker", Stage::Delivered),
+    ("lane", Stage::Picked),
+    ("record", Stage::Handling),
+    ("commit", Stage::Committed),
+];
+
+/// Splits each sample's way at the stages the library logged for its event.
+fn stage_split(samples: &[Sample], log: &HashMap<Uuid, StageTimes>) -> StageSplit {
+    let mut parts: Vec<(&'static str, Vec<f64>)> = STAGE_PARTS
+        .iter()
+        .map(|(name, _)| (*name, Vec::with_capacity(samples.len())))
+        .collect();
+    for sample in samples {
+        let Some(times) = log.get(&sample.event_id) else {
+            continue;
+        };
+        let mut from = Some(sample.start);
+        for ((_, stage), (_, part)) in STAGE_PARTS.iter().zip(parts.iter_mut()) {
+            let to = times[*stage as usize];
+            if let (Some(from), Some(to)) = (from, to) {
+                part.push(signed_ms(from, to));
+            }
+            from = to;
+        }
+    }
+    for (_, part) in &mut parts {
+        part.sort_by(f64::total_cmp);
+    }
+    StageSplit(parts)
+}
+
+impl StageSplit {
+    /// `{"notify": ms, "select": ms, ...}` at percentile `p` of each part on its own: the parts'
+    /// medians need not add up to the whole way's median.
+    fn percentile(&self, p: f64) -> serde_json::Value {
+        self.0
+            .iter()
+            .map(|(name, ms)| ((*name).to_owned(), json!(round3(percentile(ms, p)))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// `to - from` in milliseconds, negative when `to` came first (a NOTIFY can arrive before the
+/// producer's COMMIT has returned).
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64() * 1000.0
+    } else {
+        -((from - to).as_secs_f64() * 1000.0)
+    }
 }
 
 /// When a producer sent an event's COMMIT, and when it returned (the outbox commit).
@@ -873,11 +978,19 @@ fn round3(x: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+    // Logs as RUST_LOG says (warnings by default), and the messaging library's stage events
+    // while the latency scenario records them, whatever RUST_LOG says.
+    let stage_log = StageLog::default();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "warn".into()),
+                ),
         )
-        .with_writer(std::io::stderr)
+        .with(stage_log.layer())
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let scenario = args.first().map(String::as_str).unwrap_or("all");
@@ -925,7 +1038,7 @@ async fn main() -> Result<()> {
         .unwrap_or(1000)
         .max(1);
     if run("latency") {
-        println!("{}", scenario_latency(rate, seconds).await?);
+        println!("{}", scenario_latency(rate, seconds, &stage_log).await?);
     }
     if run("converge") {
         println!("{}", warren_tests::topology_bench::converge(objects).await?);

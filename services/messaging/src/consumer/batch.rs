@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::events::Envelope;
 use crate::metrics::EventTypeLabels;
 use crate::retry::HandlerError;
+use crate::stages::{self, Stage};
 
 use super::session::Item;
 use super::sql::begin_recording;
@@ -117,6 +118,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 out.push(Handled::Duplicate);
                 continue;
             }
+            stages::reached(Stage::Handling, env.event_id);
             let started = Instant::now();
             let result = self
                 .handler
@@ -134,6 +136,11 @@ impl<H: EventHandler> IdempotentConsumer<H> {
             out.push(Handled::Done);
         }
         tx.commit().await?;
+        if stages::enabled() {
+            for (env, _) in &applied {
+                stages::reached(Stage::Committed, env.event_id);
+            }
+        }
         self.committed(applied);
         Ok(BatchAttempt::Committed(out))
     }
@@ -170,6 +177,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         env: &Envelope,
     ) -> std::result::Result<Handled, sqlx::Error> {
+        stages::reached(Stage::Handling, env.event_id);
         let started = Instant::now();
         let result = self
             .handler
@@ -180,6 +188,7 @@ impl<H: EventHandler> IdempotentConsumer<H> {
         match result {
             Ok(applied) => {
                 tx.commit().await?;
+                stages::reached(Stage::Committed, env.event_id);
                 self.committed([(env, applied)]);
                 Ok(Handled::Done)
             }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::broker::{self, Backoff};
 use crate::events::{DecodeError, Envelope};
+use crate::stages::{self, Stage};
 use crate::{Error, Result};
 
 use super::{EventHandler, IdempotentConsumer};
@@ -172,6 +173,9 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let decoded = Envelope::from_json(&delivery.data);
+                        if let Ok(env) = &decoded {
+                            stages::reached(Stage::Delivered, env.event_id);
+                        }
                         let lane = lane_of(&decoded, delivery.delivery_tag, lanes);
                         tokio::select! {
                             sent = senders[lane].send(Item { delivery, decoded }) => {
@@ -228,6 +232,11 @@ impl<H: EventHandler> IdempotentConsumer<H> {
                 match rx.try_recv() {
                     Ok(item) => batch.push(item),
                     Err(_) => break,
+                }
+            }
+            if stages::enabled() {
+                for env in batch.iter().filter_map(|item| item.decoded.as_ref().ok()) {
+                    stages::reached(Stage::Picked, env.event_id);
                 }
             }
             let handled = loop {

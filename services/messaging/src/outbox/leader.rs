@@ -13,6 +13,7 @@ use super::channel::{RelayChannel, confirm_outcome};
 use super::pipeline::{InFlight, Pipeline};
 use super::sql::{MARK_FAILED, MARK_PUBLISHED, select_due};
 use super::{OutboxRelay, OutboxRow, RELAY_LOCK_KEY, RowOutcome};
+use crate::stages::{self, Stage};
 use crate::{Error, Result};
 
 /// How a turn at leading ended.
@@ -215,6 +216,11 @@ impl OutboxRelay {
             }
         }
         let rows = selection.rows;
+        if stages::enabled() {
+            for row in &rows {
+                stages::reached(Stage::Selected, row.event_id);
+            }
+        }
         let cut_short = rows.len() as i64 == limit;
         pipeline.due = cut_short;
         if let Some(horizon) = selection.horizon {
@@ -308,6 +314,11 @@ impl OutboxRelay {
                     .map(|row| channel.publish(row, &self.config.service)),
             )
             .await?;
+            if stages::enabled() {
+                for row in &batch {
+                    stages::reached(Stage::Published, row.event_id);
+                }
+            }
             published.extend(
                 batch
                     .into_iter()

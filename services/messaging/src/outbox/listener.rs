@@ -41,7 +41,10 @@ pub(super) async fn listen_for_notifications(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 received = listener.recv() => match received {
-                    Ok(_) => wake.notify_one(),
+                    Ok(_) => {
+                        crate::stages::notified();
+                        wake.notify_one();
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "outbox listener lost its connection");
                         break;
